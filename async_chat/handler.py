@@ -1,0 +1,97 @@
+"""ChatHandler: the service's methods, as thriftpy2's processor calls them.
+
+It validates what arrives (thriftpy2 enforces no required field and no size), normalises the room, copies
+only the client's own fields into a fresh Message (seq and sent_at_ms are the server's to assign), and hands
+the rest to the hub. It raises `async_chat.errors.ChatError` kinds; the processor maps them to the wire.
+Method names are the IDL's, camelCase included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .contract import DEFAULT_ROOM, Message
+from .errors import InvalidRequest, TooLarge
+from .hub import Hub
+from .settings import Settings
+
+
+class ChatHandler:
+    """Implements `service ChatService` from chat.thrift."""
+
+    def __init__(self, hub: Hub, settings: Settings) -> None:
+        self.hub = hub
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"<ChatHandler {self.hub!r}>"
+
+    # -- the service --------------------------------------------------------------------------
+
+    async def sendMessage(self, message: Any) -> None:  # the IDL's name
+        await self.hub.publish(self._accept(message))
+
+    async def publish(self, message: Any) -> int:
+        return await self.hub.publish(self._accept(message))
+
+    async def subscribe(self, room: str | None, from_seq: int | None) -> Any:
+        from_seq = from_seq or 0
+        if from_seq < 0:
+            raise InvalidRequest(f"from_seq must be 0 (live only) or a seq >= 1, not {from_seq}")
+        return await self.hub.subscribe(self._room(room), from_seq)
+
+    async def poll(self, subscription_id: str | None, max_messages: int | None, wait_ms: int | None) -> Any:
+        if not subscription_id:
+            raise InvalidRequest("subscription_id is required")
+        if max_messages is None or max_messages < 1:
+            raise InvalidRequest(f"max_messages must be at least 1, not {max_messages}")
+        if wait_ms is None or wait_ms < 0:
+            raise InvalidRequest(f"wait_ms must be 0 or more, not {wait_ms}")
+        limits = self.settings
+        return await self.hub.poll(
+            subscription_id,
+            min(max_messages, limits.max_poll_messages),
+            min(wait_ms, limits.max_poll_wait_ms) / 1000,
+        )
+
+    async def unsubscribe(self, subscription_id: str | None) -> None:
+        if subscription_id:
+            self.hub.unsubscribe(subscription_id)
+
+    async def history(self, room: str | None, from_seq: int | None, limit: int | None) -> list[Any]:
+        if from_seq is None or from_seq < 0:
+            raise InvalidRequest(f"from_seq must be 0 or more, not {from_seq}")
+        if limit is None or limit < 1:
+            raise InvalidRequest(f"limit must be at least 1, not {limit}")
+        return await self.hub.history(self._room(room), from_seq, min(limit, self.settings.max_poll_messages))
+
+    # -- validation ---------------------------------------------------------------------------
+
+    def _accept(self, message: Any) -> Any:
+        if message is None:
+            raise InvalidRequest("message is required")
+        sender, content = message.sender, message.content
+        if not isinstance(sender, str) or not sender:
+            raise InvalidRequest("sender is required and must be a non-empty string")
+        if not isinstance(content, str):
+            raise InvalidRequest("content is required and must be a string")
+        self._name("sender", sender)
+        size = len(content.encode("utf-8", "surrogatepass"))
+        if size > self.settings.max_content_bytes:
+            raise TooLarge(f"content is {size} bytes; the limit is {self.settings.max_content_bytes}")
+        client_msg_id = message.client_msg_id or None
+        if client_msg_id is not None:
+            self._name("client_msg_id", client_msg_id)
+        return Message(sender=sender, content=content, room=self._room(message.room), client_msg_id=client_msg_id)
+
+    def _room(self, room: str | None) -> str:
+        if not room:
+            return DEFAULT_ROOM
+        self._name("room", room)
+        return room
+
+    def _name(self, what: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise InvalidRequest(f"{what} must be a string")
+        if len(value) > self.settings.max_name_length:
+            raise TooLarge(f"{what} is {len(value)} characters; the limit is {self.settings.max_name_length}")

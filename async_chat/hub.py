@@ -1,0 +1,281 @@
+"""The hub: subscriptions, their bounded queues, long-polls, replay and missed counts.
+
+Data flows one way: handler -> hub.publish -> broker (assigns seq, stores) -> hub._deliver -> each
+subscriber's queue -> poll. A publisher never waits on a subscriber: `_deliver` only appends to bounded
+deques. When a queue is full the oldest message is dropped and counted into that subscriber's `missed`,
+which the next poll reports (then resets): loss is never silent.
+
+A subscription is a cursor (`cursor`, the next seq it owes the client) over two sources: the room's
+history for seqs before `live_start` (a replay), then its live queue. A subscription nobody polls for
+`subscription_ttl` seconds is reaped and its queue freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .brokers import Broker
+from .contract import Batch, Subscription
+from .errors import NoSuchSubscription, Unavailable
+
+logger = logging.getLogger(__name__)
+
+
+class HubState(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class HubLimits:
+    """What the hub bounds. The server fills it from its settings."""
+
+    queue_size: int = 1000
+    subscription_ttl: float = 60.0
+    max_subscriptions: int = 100_000
+
+
+class _Subscriber:
+    """One subscription's state. Small on purpose: an idle one must stay cheap."""
+
+    __slots__ = (
+        "cursor",
+        "floor",
+        "id",
+        "last_active",
+        "live_start",
+        "lock",
+        "missed",
+        "queue",
+        "room",
+        "waiter",
+    )
+
+    def __init__(self, sub_id: str, room: str, queue_size: int, now: float) -> None:
+        self.id = sub_id
+        self.room = room
+        self.queue: deque[Any] = deque()
+        self.cursor = 0
+        self.live_start = 0
+        self.floor = 0
+        self.missed = 0
+        self.last_active = now
+        self.waiter: asyncio.Future[None] | None = None
+        self.lock = asyncio.Lock()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Hub:
+    """Fans messages out to per-subscription bounded queues and serves long-polls from them."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        limits: HubLimits | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.broker = broker
+        self.limits = limits or HubLimits()
+        self._clock = clock
+        self._subs: dict[str, _Subscriber] = {}
+        self._rooms: dict[str, set[_Subscriber]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self.state = HubState.NEW
+        self.dropped_total = 0
+        self.expired_total = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<Hub [{self.state.name}] rooms={len(self._rooms)} subscriptions={len(self._subs)}"
+            f" dropped={self.dropped_total} expired={self.expired_total}>"
+        )
+
+    @property
+    def subscription_count(self) -> int:
+        return len(self._subs)
+
+    async def start(self) -> None:
+        await self.broker.start(self._deliver)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="async_chat.hub.reaper")
+        self.state = HubState.RUNNING
+
+    def begin_shutdown(self) -> None:
+        """Refuse new publishes and subscriptions, and wake every long-poll: they return what they have."""
+        if self.state in (HubState.RUNNING, HubState.NEW):
+            self.state = HubState.CLOSING
+            for sub in self._subs.values():
+                sub.wake()
+
+    async def aclose(self) -> None:
+        """Shut down (if not begun), stop the reaper and close the broker."""
+        if self.state is HubState.CLOSED:
+            return
+        self.begin_shutdown()
+        self.state = HubState.CLOSED
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+        await self.broker.aclose()
+
+    # -- publishing -------------------------------------------------------------------------------
+
+    async def publish(self, message: Any) -> int:
+        """Store and fan out `message` (room already normalised); return its seq."""
+        self._check_running()
+        seq, _stored = await self.broker.publish(message)
+        return seq
+
+    def _deliver(self, message: Any) -> None:
+        subs = self._rooms.get(message.room)
+        if not subs:
+            return
+        limit = self.limits.queue_size
+        seq = message.seq
+        for sub in subs:
+            if seq < sub.live_start:
+                continue  # part of this subscriber's replay: it reads that from history
+            queue = sub.queue
+            if len(queue) >= limit:
+                dropped = queue.popleft()
+                sub.missed += 1
+                sub.floor = dropped.seq + 1
+                self.dropped_total += 1
+            queue.append(message)
+            sub.wake()
+
+    # -- subscriptions ----------------------------------------------------------------------------
+
+    async def subscribe(self, room: str, from_seq: int) -> Any:
+        """Open a subscription; from_seq 0 = live only, N >= 1 = replay from seq N then live."""
+        self._check_running()
+        if len(self._subs) >= self.limits.max_subscriptions:
+            raise Unavailable(f"the server holds its maximum of {self.limits.max_subscriptions} subscriptions")
+        sub = _Subscriber(secrets.token_hex(12), room, self.limits.queue_size, self._clock())
+        # Register before asking where the room ends, so that nothing published in between is lost:
+        # it lands in the queue, and whatever is older than live_start is read from history instead.
+        self._subs[sub.id] = sub
+        self._rooms.setdefault(room, set()).add(sub)
+        try:
+            next_seq = await self.broker.next_seq(room)
+        except BaseException:
+            self._remove(sub)
+            raise
+        sub.live_start = next_seq
+        while sub.queue and sub.queue[0].seq < next_seq:
+            sub.queue.popleft()
+        if from_seq == 0:
+            sub.cursor = next_seq
+        elif from_seq > next_seq:
+            # The client's position is past this room's end: the room was forgotten (the server
+            # restarted without persistence). Replay the room as it is now, from its start.
+            sub.cursor = 1
+        else:
+            sub.cursor = from_seq
+        return Subscription(subscription_id=sub.id, room=room, next_seq=sub.cursor)
+
+    def unsubscribe(self, sub_id: str) -> None:
+        sub = self._subs.get(sub_id)
+        if sub is not None:
+            self._remove(sub)
+
+    def _remove(self, sub: _Subscriber) -> None:
+        self._subs.pop(sub.id, None)
+        members = self._rooms.get(sub.room)
+        if members is not None:
+            members.discard(sub)
+            if not members:
+                del self._rooms[sub.room]
+        sub.queue.clear()
+        sub.wake()
+
+    async def poll(self, sub_id: str, max_messages: int, wait: float) -> Any:
+        """Return waiting messages at once, else wait up to `wait` seconds for the first one."""
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            raise NoSuchSubscription(f"no subscription {sub_id!r} (never issued, unsubscribed or expired)")
+        async with sub.lock:
+            sub.last_active = self._clock()
+            try:
+                messages = await self._collect(sub, max_messages)
+                if not messages and wait > 0 and self.state is HubState.RUNNING and sub.id in self._subs:
+                    loop = asyncio.get_running_loop()
+                    sub.waiter = loop.create_future()
+                    try:
+                        async with asyncio.timeout(wait):
+                            await sub.waiter
+                    except TimeoutError:
+                        pass
+                    finally:
+                        sub.waiter = None
+                    messages = await self._collect(sub, max_messages)
+            finally:
+                sub.last_active = self._clock()
+            missed, sub.missed = sub.missed, 0
+            return Batch(messages=messages, next_seq=sub.cursor, missed=missed)
+
+    async def _collect(self, sub: _Subscriber, max_messages: int) -> list[Any]:
+        out: list[Any] = []
+        if sub.cursor < sub.live_start:
+            want = min(max_messages, sub.live_start - sub.cursor)
+            page = [m for m in await self.broker.history(sub.room, sub.cursor, want) if m.seq < sub.live_start]
+            first = page[0].seq if page else sub.live_start
+            if first > sub.cursor:
+                sub.missed += first - sub.cursor  # history no longer reaches back that far
+            out.extend(page)
+            sub.cursor = page[-1].seq + 1 if page else sub.live_start
+        if sub.cursor >= sub.live_start:
+            sub.cursor = max(sub.cursor, sub.floor)
+            queue = sub.queue
+            while queue and len(out) < max_messages:
+                message = queue.popleft()
+                if message.seq >= sub.cursor:
+                    out.append(message)
+                    sub.cursor = message.seq + 1
+        return out
+
+    # -- history ----------------------------------------------------------------------------------
+
+    async def history(self, room: str, from_seq: int, limit: int) -> list[Any]:
+        self._check_running()
+        return await self.broker.history(room, max(from_seq, 1), limit)
+
+    # -- expiry -----------------------------------------------------------------------------------
+
+    def reap(self) -> int:
+        """Expire subscriptions idle for longer than the TTL (never one with a poll in progress)."""
+        deadline = self._clock() - self.limits.subscription_ttl
+        stale = [s for s in self._subs.values() if s.last_active < deadline and not s.lock.locked()]
+        for sub in stale:
+            self._remove(sub)
+        if stale:
+            self.expired_total += len(stale)
+            logger.info("expired %d idle subscription(s)", len(stale))
+        return len(stale)
+
+    async def _reap_forever(self) -> None:
+        interval = min(max(self.limits.subscription_ttl / 4, 0.01), 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            self.reap()
+
+    def _check_running(self) -> None:
+        if self.state is not HubState.RUNNING:
+            raise Unavailable("the server is shutting down")

@@ -1,0 +1,66 @@
+"""Dispatch with our error mapping: the one place where `ChatError` becomes a Thrift error.
+
+thriftpy2's `TAsyncProcessor` re-raises any exception the IDL does not declare, and its server then drops
+the connection with no reply at all. Here every call gets an answer:
+- a `ChatError` on a method that declares `throws (1: ChatError error)` -> the IDL's ChatError;
+- a `ChatError` on `sendMessage`/`unsubscribe` (which declare none, so classic clients keep working)
+  -> a TApplicationException whose message is "CODE: reason";
+- anything unexpected -> logged with its traceback, answered with TApplicationException INTERNAL_ERROR.
+The connection lives on in every case.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from thriftpy2.contrib.aio.processor import TAsyncProcessor
+from thriftpy2.thrift import TApplicationException
+
+from .contract import WireChatError
+from .errors import ChatError
+
+logger = logging.getLogger(__name__)
+
+
+class ChatProcessor:
+    """Reads a call (`read_call`) and answers it (`answer`); split so the server can tell idle from busy.
+
+    Wraps thriftpy2's processor for its decoding and encoding; only the dispatch is ours.
+    """
+
+    def __init__(self, service: Any, handler: Any) -> None:
+        self._thrift = TAsyncProcessor(service, handler)
+
+    async def send_exception(self, oprot: Any, api: str, exc: TApplicationException, seqid: int) -> None:
+        await self._thrift.send_exception(oprot, api, exc, seqid)
+
+    async def send_result(self, oprot: Any, api: str, result: Any, seqid: int) -> None:
+        await self._thrift.send_result(oprot, api, result, seqid)
+
+    async def read_call(self, iprot: Any) -> tuple[str, int, Any, Any]:
+        api, seqid, result, call = await self._thrift.process_in(iprot)
+        return api, seqid, result, call
+
+    async def answer(self, oprot: Any, api: str, seqid: int, result: Any, call: Any) -> None:
+        if isinstance(result, TApplicationException):  # unknown method: thriftpy2 built the answer
+            logger.info("unknown method %r called", api)
+            await self.send_exception(oprot, api, result, seqid)
+            return
+        try:
+            result.success = await call()
+        except ChatError as exc:
+            if "error" in {spec[1] for spec in result.thrift_spec.values()}:
+                result.error = WireChatError(code=int(exc.code or 0), reason=exc.reason)
+            else:
+                refusal = TApplicationException(TApplicationException.UNKNOWN, str(exc))
+                await self.send_exception(oprot, api, refusal, seqid)
+                return
+        except Exception:
+            logger.exception("%s failed with an unexpected error; answering INTERNAL_ERROR", api)
+            message = f"internal error in {api} (logged by the server)"
+            error = TApplicationException(TApplicationException.INTERNAL_ERROR, message)
+            await self.send_exception(oprot, api, error, seqid)
+            return
+        if not result.oneway:
+            await self.send_result(oprot, api, result, seqid)

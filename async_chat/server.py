@@ -1,0 +1,324 @@
+"""ChatServer: listen, serve, drain, stop — and `python -m async_chat.server`.
+
+Built on thriftpy2's `make_aio_server` (its socket, transports, protocols and processor), with four of its
+behaviours replaced, each for a reason from THRIFTPY2.md:
+- Its `client_timeout` cuts every connection a fixed time after it opened, busy or not. We pass None and
+  run our own idle timer per connection: `idle_timeout` between calls, always longer than the longest poll.
+- Its listening socket sets SO_REUSEPORT, so a second server on a busy port silently shares it. We bind
+  our own socket without it: a port in use is an error.
+- An undeclared exception drops the connection without a reply. `ChatProcessor` answers every call.
+- `init_server()` cannot run inside a running loop and `close()` does not drain. `ChatServer` starts
+  inside the caller's loop, tracks its connections, and on close stops accepting, wakes long-polls,
+  closes idle connections, lets calls in flight finish (up to `drain_timeout`), then cancels the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import enum
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
+from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocolFactory
+from thriftpy2.contrib.aio.socket import StreamHandler
+from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
+from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
+from thriftpy2.rpc import make_aio_server  # type: ignore[attr-defined]
+from thriftpy2.transport import TTransportException
+
+from . import settings as settings_module
+from .brokers import open_broker
+from .contract import ChatService
+from .errors import ChatError
+from .handler import ChatHandler
+from .hub import Hub, HubLimits
+from .processor import ChatProcessor
+from .settings import Settings
+
+logger = logging.getLogger("async_chat.server")
+
+_TRANSPORTS: dict[str, type[Any]] = {"buffered": TAsyncBufferedTransportFactory, "framed": TAsyncFramedTransportFactory}
+_PROTOCOLS: dict[str, type[Any]] = {"binary": TAsyncBinaryProtocolFactory, "compact": TAsyncCompactProtocolFactory}
+
+
+class ServerState(enum.Enum):
+    NEW = "new"
+    SERVING = "serving"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class ConnectionState(enum.Enum):
+    IDLE = "idle"  # waiting for the first byte of the next call: closed at once on shutdown
+    READING = "reading"  # a call is arriving
+    BUSY = "busy"  # a call is being answered: allowed to finish on shutdown
+
+
+class _Connection:
+    """One client connection, as the socket under thriftpy2's transports; it knows if a call is under way.
+
+    The same five methods as thriftpy2's `StreamHandler`, plus the state: the first bytes of a call
+    turn IDLE into READING.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.state = ConnectionState.IDLE
+        self.calls = 0
+        self.peer = _format_peer(writer.get_extra_info("peername"))
+        self.shutdown_cancel = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer} [{self.state.name}, calls={self.calls}]>"
+
+    async def read(self, sz: int) -> bytes:
+        data = await self.reader.read(sz)
+        if not data:
+            raise TTransportException(type=TTransportException.END_OF_FILE, message="peer closed the connection")
+        if self.state is ConnectionState.IDLE:
+            self.state = ConnectionState.READING
+        return data
+
+    def write(self, buff: bytes) -> None:
+        self.writer.write(buff)
+
+    async def flush(self) -> None:
+        await self.writer.drain()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    async def open(self) -> None:
+        pass
+
+
+class ChatServer:
+    """The message service on one TCP port. Use as `async with ChatServer(settings) as server:`."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        base = settings or Settings()
+        self.settings = base.with_changes(**overrides) if overrides else base
+        self.state = ServerState.NEW
+        self.hub: Hub | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._connections: dict[asyncio.Task[Any], _Connection] = {}
+        self._processor: ChatProcessor | None = None
+        self._trans_factory = _TRANSPORTS[self.settings.transport]()
+        self._proto_factory = _PROTOCOLS[self.settings.protocol]()
+        self.host = self.settings.host
+        self.port = self.settings.port
+        self.connections_total = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChatServer [{self.state.name}] {self.address} connections={len(self._connections)}"
+            f" {self.settings.transport}/{self.settings.protocol} broker={self.settings.broker}>"
+        )
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    async def __aenter__(self) -> ChatServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Bind, start the hub, and accept connections. Raises OSError if the address cannot be bound."""
+        if self.state is not ServerState.NEW:
+            raise RuntimeError(f"{self!r} was already started")
+        s = self.settings
+        sock = _bind(s.host, s.port)
+        try:
+            self.port = sock.getsockname()[1]
+            broker = open_broker(s.broker, history=s.history, dedup_window=s.dedup_window)
+            hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions))
+            await hub.start()
+            self.hub = hub
+            thrift_server = make_aio_server(
+                ChatService,
+                ChatHandler(hub, s),
+                host=s.host,
+                port=self.port,
+                proto_factory=self._proto_factory,
+                trans_factory=self._trans_factory,
+                client_timeout=None,
+                loop=asyncio.get_running_loop(),
+            )
+            self._processor = ChatProcessor(ChatService, thrift_server.processor._handler)
+            thrift_server.trans.raw_sock = sock  # our socket: no SO_REUSEPORT
+            self._listener = await thrift_server.trans.accept(self._serve)
+        except BaseException:
+            sock.close()
+            if self.hub is not None:
+                await self.hub.aclose()
+            raise
+        self.state = ServerState.SERVING
+        logger.info(
+            "async_chat listening on %s transport=%s protocol=%s broker=%s history=%d queue_size=%d",
+            self.address, s.transport, s.protocol, s.broker, s.history, s.queue_size,
+        )
+
+    async def aclose(self) -> None:
+        """Graceful stop: no new connections, wake polls, close idle connections, drain busy ones."""
+        if self.state in (ServerState.DRAINING, ServerState.CLOSED):
+            return
+        if self.state is ServerState.NEW:
+            self.state = ServerState.CLOSED
+            return
+        self.state = ServerState.DRAINING
+        logger.info("draining: %d connection(s) open", len(self._connections))
+        assert self._listener is not None
+        assert self.hub is not None
+        try:
+            self._listener.close()
+            self.hub.begin_shutdown()
+            for conn in self._connections.values():
+                if conn.state is ConnectionState.IDLE:
+                    conn.writer.close()
+            pending = set(self._connections)
+            if pending:
+                _done, pending = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
+            if pending:
+                logger.warning("drain timeout: cancelling %d call(s) still in flight", len(pending))
+        finally:
+            # Whatever happened above (even our own cancellation), no connection task outlives us.
+            for task in list(self._connections):
+                self._connections[task].shutdown_cancel = True
+                task.cancel()
+            if self._connections:
+                await asyncio.wait(set(self._connections))
+            await self.hub.aclose()
+            self.state = ServerState.CLOSED
+            logger.info("stopped")
+
+    async def _serve(self, client: StreamHandler) -> None:
+        """Serve one connection: calls one after another, an idle timer between them."""
+        task = asyncio.current_task()
+        assert task is not None
+        assert self._processor is not None
+        conn = _Connection(client.reader, client.writer)
+        if self.state is not ServerState.SERVING:
+            conn.close()
+            return
+        self._connections[task] = conn
+        self.connections_total += 1
+        trans = self._trans_factory.get_transport(conn)
+        prot = self._proto_factory.get_protocol(trans)
+        processor = self._processor
+        try:
+            while self.state is ServerState.SERVING:
+                conn.state = ConnectionState.IDLE
+                try:
+                    async with asyncio.timeout(self.settings.idle_timeout):
+                        call = await processor.read_call(prot)
+                except TimeoutError:
+                    logger.debug("closing %r: idle for %gs", conn, self.settings.idle_timeout)
+                    break
+                conn.state = ConnectionState.BUSY
+                await processor.answer(prot, *call)
+                conn.calls += 1
+        except (TTransportException, ConnectionError, asyncio.IncompleteReadError):
+            pass  # the peer went away
+        except asyncio.CancelledError:
+            if not conn.shutdown_cancel:
+                raise
+            # Our own drain timeout cancelled this call; the task ends here rather than as "cancelled",
+            # which asyncio's stream callback would report as an unhandled error.
+        except Exception as exc:
+            logger.warning("closing %r: unreadable request (%s: %s)", conn, type(exc).__name__, exc)
+        finally:
+            self._connections.pop(task, None)
+            conn.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket without SO_REUSEPORT, so that a port in use fails loudly."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with ChatServer(settings):
+            await stop.wait()
+            logger.info("signal received: shutting down")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run(coro: Any) -> None:
+    """Run `coro` on uvloop when it is installed, else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every platform it supports
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser: argparse.ArgumentParser = settings_module.build_parser()
+    settings = settings_module.load(argv)
+    configure_logging(settings.log_level)
+    try:
+        run(serve(settings))
+    except OSError as exc:
+        parser.exit(1, f"async_chat: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}\n")
+    except ChatError as exc:
+        parser.exit(1, f"async_chat: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

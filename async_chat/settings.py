@@ -1,0 +1,168 @@
+"""Server settings: one dataclass, from defaults, then `ASYNC_CHAT_*` environment variables, then flags.
+
+Every option is described once, in `OPTIONS`; the CLI's `--help`, the environment parsing and the
+README's configuration table all come from that one list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from .errors import InvalidRequest
+
+TRANSPORTS = ("buffered", "framed")
+PROTOCOLS = ("binary", "compact")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server can be told. Times are in seconds unless the name says otherwise."""
+
+    host: str = "127.0.0.1"
+    port: int = 9090
+    broker: str = "memory://"
+    transport: str = "buffered"
+    protocol: str = "binary"
+    history: int = 1000
+    queue_size: int = 1000
+    subscription_ttl: float = 60.0
+    idle_timeout: float = 120.0
+    max_poll_wait_ms: int = 30_000
+    max_poll_messages: int = 1000
+    max_content_bytes: int = 64 * 1024
+    max_name_length: int = 256
+    max_subscriptions: int = 100_000
+    dedup_window: int = 10_000
+    drain_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"port must be 0..65535, not {self.port}")
+        if self.transport not in TRANSPORTS:
+            problems.append(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
+        if self.protocol not in PROTOCOLS:
+            problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+        for name in ("queue_size", "max_poll_messages", "max_content_bytes", "max_name_length",
+                     "max_subscriptions", "dedup_window"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', '-')} must be at least 1")
+        if self.history < 0:
+            problems.append("history must be 0 or more")
+        if self.max_poll_wait_ms < 0:
+            problems.append("max-poll-wait-ms must be 0 or more")
+        for name in ("subscription_ttl", "drain_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name.replace('_', '-')} must be more than 0")
+        # A connection waiting in the longest poll must not be cut as idle; nor may its subscription expire.
+        longest_poll = self.max_poll_wait_ms / 1000
+        if self.idle_timeout <= longest_poll:
+            problems.append(f"idle-timeout ({self.idle_timeout:g}s) must exceed max-poll-wait-ms ({longest_poll:g}s)")
+        if self.subscription_ttl <= longest_poll:
+            problems.append(
+                f"subscription-ttl ({self.subscription_ttl:g}s) must exceed max-poll-wait-ms ({longest_poll:g}s)"
+            )
+        if problems:
+            raise InvalidRequest("; ".join(problems))
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    help: str
+    choices: Sequence[str] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "ASYNC_CHAT_" + self.field.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "address to listen on; 0.0.0.0 or :: to accept other machines"),
+    Option("port", "TCP port to listen on; 0 picks a free one (the start-up log line says which)"),
+    Option("broker", "where rooms live: memory:// (this process only)"),
+    Option("transport", "Thrift transport every client must use", TRANSPORTS),
+    Option("protocol", "Thrift protocol every client must use", PROTOCOLS),
+    Option("history", "messages each room retains for replay and history(); 0 keeps none"),
+    Option("queue_size", "messages buffered per subscription; past it the oldest is dropped and counted as missed"),
+    Option("subscription_ttl", "seconds a subscription may go unpolled before it expires and frees its queue"),
+    Option("idle_timeout", "seconds a connection may sit between calls before it is closed"),
+    Option("max_poll_wait_ms", "longest wait_ms a poll may ask for; longer asks are capped"),
+    Option("max_poll_messages", "most messages one poll returns; larger asks are capped"),
+    Option("max_content_bytes", "largest message content, in UTF-8 bytes (TOO_LARGE beyond)"),
+    Option("max_name_length", "longest sender, room or client_msg_id, in characters (TOO_LARGE beyond)"),
+    Option("max_subscriptions", "subscriptions the server holds at once (UNAVAILABLE beyond)"),
+    Option("dedup_window", "client_msg_ids remembered per room for deduplicating retried sends"),
+    Option("drain_timeout", "seconds a graceful shutdown waits for calls in flight"),
+    Option("log_level", "log verbosity", LOG_LEVELS),
+)
+
+
+def _converter(field_type: str, field: str = "") -> Callable[[str], Any]:
+    if field == "log_level":
+        return str.upper
+    return {"int": int, "float": float}.get(field_type, str)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="python -m async_chat.server",
+        description=(
+            "Run the async_chat Thrift message service. Every option can also be set by the "
+            "environment variable shown; a flag wins over the environment."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    kinds = {f.name: str(f.type) for f in fields(Settings)}
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.field,
+            type=_converter(kinds[option.field], option.field),
+            choices=option.choices,
+            default=getattr(defaults, option.field),
+            metavar=None if option.choices else option.field.split("_")[-1].upper(),
+            help=f"{option.help} [env {option.env}]",
+        )
+    return parser
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the environment, then flags. Raises SystemExit(2) with one line for bad values."""
+    environ = os.environ if environ is None else environ
+    parser = build_parser()
+    kinds = {f.name: str(f.type) for f in fields(Settings)}
+    env_defaults: dict[str, Any] = {}
+    for option in OPTIONS:
+        raw = environ.get(option.env)
+        if raw is None:
+            continue
+        try:
+            value = _converter(kinds[option.field], option.field)(raw)
+        except ValueError:
+            parser.error(f"{option.env}={raw!r} is not a valid {kinds[option.field]}")
+        if option.choices and value not in option.choices:
+            parser.error(f"{option.env}={raw!r}: choose from {', '.join(option.choices)}")
+        env_defaults[option.field] = value
+    parser.set_defaults(**env_defaults)
+    namespace = parser.parse_args(argv)
+    try:
+        return Settings(**vars(namespace))
+    except InvalidRequest as exc:
+        parser.error(exc.reason)

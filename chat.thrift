@@ -1,0 +1,133 @@
+/**
+ * async_chat — the wire contract.
+ *
+ * The classic contract (Message with sender/content, and sendMessage) is kept byte for byte: a client
+ * generated from just
+ *
+ *   struct Message { 1: required string sender, 2: required string content }
+ *   service ChatService { void sendMessage(1: Message message) }
+ *
+ * talks to this server unchanged. Everything else here is optional fields, new types and new methods.
+ *
+ * Default wire: TBufferedTransport + TBinaryProtocol (strict), TCP port 9090.
+ *
+ * Delivery model, for client authors in any language:
+ *   - Every room has its own sequence: seq 1, 2, 3, ... assigned by the server, strictly increasing,
+ *     without gaps. A message's (room, seq) is its identity.
+ *   - Subscribers long-poll: subscribe() once, then call poll() in a loop. Each Batch says where to
+ *     resume (next_seq) and how many messages this subscriber lost since its previous poll (missed).
+ *     Loss is never silent: if you see missed > 0, tell your user.
+ *   - To resume after a disconnect, subscribe again with from_seq = the last seq you delivered + 1.
+ *     Messages still in the room's history are replayed; those that are not count in missed.
+ */
+
+namespace py chat
+namespace java com.example.chat
+namespace go chat
+
+/** A chat message. Fields 1-2 are the classic contract; 3-6 were added later and are optional. */
+struct Message {
+    /** Who wrote it. Required and non-empty. */
+    1: required string sender,
+    /** The text. Required (may be empty), at most the server's content limit in UTF-8 bytes. */
+    2: required string content,
+    /** The room. Absent or empty means the room "general". */
+    3: optional string room,
+    /** Server-assigned: position in the room, from 1, strictly increasing, no gaps. Ignored when sent. */
+    4: optional i64 seq,
+    /** Server-assigned: Unix time in milliseconds when the server accepted the message. Ignored when sent. */
+    5: optional i64 sent_at_ms,
+    /**
+     * Client-chosen idempotency key. A retried send with the same id, from the same sender to the same
+     * room, is stored and delivered once; the retry is answered with the first send's seq. The server
+     * remembers the most recent ids of each room (a bounded window; see the README).
+     */
+    6: optional string client_msg_id,
+}
+
+/** Why a call was refused. */
+enum ErrorCode {
+    /** The request is malformed: a missing sender, a bad argument. Do not retry unchanged. */
+    INVALID = 1,
+    /** A string or count is over a server limit. Do not retry unchanged. */
+    TOO_LARGE = 2,
+    /** The subscription id is unknown: never issued, unsubscribed, or expired after idling. Subscribe again. */
+    NO_SUCH_SUBSCRIPTION = 3,
+    /** The client sends faster than it is allowed to. Retry later. */
+    RATE_LIMITED = 4,
+    /** The server cannot serve this now (shutting down, its broker is unreachable). Retry later, elsewhere. */
+    UNAVAILABLE = 5,
+    /** The connection has not proved who it is. */
+    UNAUTHORIZED = 6,
+}
+
+/** A refusal the client can act on: code says what kind, reason says why in words. */
+exception ChatError {
+    1: ErrorCode code,
+    2: string reason,
+}
+
+/** What subscribe() returns. */
+struct Subscription {
+    /** Opaque id to pass to poll() and unsubscribe(). */
+    1: string subscription_id,
+    /** The room subscribed to ("general" when the request named none). */
+    2: string room,
+    /** The seq of the first message this subscription will deliver. */
+    3: i64 next_seq,
+}
+
+/** What poll() returns. */
+struct Batch {
+    /** Messages in seq order, each with room, seq and sent_at_ms set. May be empty. */
+    1: list<Message> messages,
+    /** Where this subscription resumes: the seq after the last message delivered (or skipped). */
+    2: i64 next_seq,
+    /**
+     * How many messages this subscriber lost since its previous poll: its queue overflowed because it
+     * polled too slowly, or the history no longer reached back to the seq it asked for. Never silent.
+     */
+    3: i64 missed,
+}
+
+service ChatService {
+    /**
+     * The classic call: publish a message. Kept without `throws` so clients generated from the classic
+     * contract keep working; a refusal arrives as a TApplicationException whose message says why
+     * (for example "INVALID: sender is required").
+     */
+    void sendMessage(1: Message message),
+
+    /**
+     * Publish a message and return its seq in the room. A retry carrying the same client_msg_id (same
+     * sender, same room) returns the first send's seq and is not stored again.
+     */
+    i64 publish(1: Message message) throws (1: ChatError error),
+
+    /**
+     * Subscribe to a room ("" means "general").
+     * from_seq = 0: deliver only messages published after this call.
+     * from_seq = N >= 1: replay from seq N out of the room's history, then continue live. Messages no
+     * longer in history are reported in the first Batch's missed. An N past the room's end (the server
+     * restarted and forgot the room) replays the room from its oldest retained message; next_seq says so.
+     * A subscription that is not polled for the server's subscription TTL expires.
+     */
+    Subscription subscribe(1: string room, 2: i64 from_seq) throws (1: ChatError error),
+
+    /**
+     * Long-poll a subscription. Returns at once when messages are waiting; otherwise waits up to wait_ms
+     * (capped by the server's maximum) for the first one, and returns an empty Batch if none came.
+     * Returns at most max_messages (1 or more; capped by the server's maximum).
+     * Polls on one subscription are served one at a time.
+     */
+    Batch poll(1: string subscription_id, 2: i32 max_messages, 3: i32 wait_ms) throws (1: ChatError error),
+
+    /** End a subscription and free its queue. Unknown ids are ignored. */
+    void unsubscribe(1: string subscription_id),
+
+    /**
+     * Read a room's retained history: up to `limit` messages with seq >= from_seq (from_seq 0 or 1 means
+     * from the oldest retained), oldest first. The room keeps a bounded number of recent messages.
+     */
+    list<Message> history(1: string room, 2: i64 from_seq, 3: i32 limit) throws (1: ChatError error),
+}
