@@ -55,6 +55,7 @@ _WHERE = {
 }
 
 __all__ = [
+    "IDL_PATH",
     "Batch",
     "CallTimeout",
     "ChatClient",
@@ -62,7 +63,6 @@ __all__ = [
     "ChatServer",
     "ConnectionLost",
     "ErrorCode",
-    "IDL_PATH",
     "InvalidRequest",
     "Message",
     "MessageStream",
