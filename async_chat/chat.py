@@ -19,10 +19,11 @@ from .client import ChatClient, MessageStream, Missed
 from .contract import Message
 from .errors import ChatError
 from .server import run
+from .settings import OneLineParser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m async_chat.chat",
         description="Chat in a room of an async_chat server: type a line and press Enter to send it; "
         "Ctrl-D (end of input) or Ctrl-C to leave.",

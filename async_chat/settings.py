@@ -10,8 +10,10 @@ import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
+from .brokers import SCHEMES
 from .errors import InvalidRequest
 
 TRANSPORTS = ("buffered", "framed")
@@ -45,6 +47,8 @@ class Settings:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be 0..65535, not {self.port}")
+        if urlsplit(self.broker).scheme not in SCHEMES:
+            problems.append(f"broker must be a URL of {', '.join(s + '://' for s in SCHEMES)}, not {self.broker!r}")
         if self.transport not in TRANSPORTS:
             problems.append(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
         if self.protocol not in PROTOCOLS:
@@ -119,9 +123,16 @@ def _converter(field_type: str, field: str = "") -> Callable[[str], Any]:
     return {"int": int, "float": float}.get(field_type, str)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m async_chat.server",
         description=(
             "Run the async_chat Thrift message service. Every option can also be set by the "

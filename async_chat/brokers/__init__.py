@@ -15,6 +15,9 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidRequest
 
+SCHEMES = ("memory",)
+"""The broker URL schemes this version knows."""
+
 Deliver = Callable[[Any], None]
 """Called with each stored Message (room, seq and sent_at_ms set), per room in seq order."""
 
@@ -54,4 +57,4 @@ def open_broker(url: str, *, history: int, dedup_window: int) -> Broker:
         from .memory import MemoryBroker
 
         return MemoryBroker(history=history, dedup_window=dedup_window)
-    raise InvalidRequest(f"unsupported broker URL {url!r}: expected memory://")
+    raise InvalidRequest(f"unsupported broker URL {url!r}: expected one of {', '.join(s + '://' for s in SCHEMES)}")

@@ -1,0 +1,85 @@
+"""Shared fixtures: real servers on 127.0.0.1 port 0, real clients, uvloop as in production."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvloop
+
+from async_chat import ChatClient, ChatServer, Settings
+
+LOOPBACK = "127.0.0.1"
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Every async test runs on uvloop, the loop the server runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+ServerFactory = Callable[..., Awaitable[ChatServer]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[ServerFactory]:
+    """Start servers with settings overrides; all are closed (gracefully) at the end of the test."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def factory(**overrides: Any) -> ChatServer:
+            overrides.setdefault("host", LOOPBACK)
+            overrides.setdefault("port", 0)
+            return await stack.enter_async_context(ChatServer(Settings(**overrides)))
+
+        yield factory
+
+
+@pytest.fixture
+async def server(make_server: ServerFactory) -> ChatServer:
+    return await make_server()
+
+
+@pytest.fixture
+async def client(server: ChatServer) -> AsyncIterator[ChatClient]:
+    async with ChatClient(LOOPBACK, server.port, timeout=5.0) as c:
+        yield c
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a condition the code under test makes true by itself (bounded; fails on timeout)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - the state under test has no event to wait on
+            await asyncio.sleep(0.01)
+
+
+class RawConnection:
+    """One plain thriftpy2 aio client on its own connection: for asserting what the wire carries."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: Any) -> None:
+        self.reader, self.writer, self.client = reader, writer, client
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def raw_connection(port: int, service: Any = None) -> AsyncIterator[Any]:
+    from thriftpy2.contrib.aio.client import TAsyncClient
+    from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
+    from thriftpy2.contrib.aio.socket import StreamHandler
+    from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
+
+    from async_chat.contract import ChatService
+
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    trans = TAsyncBufferedTransportFactory().get_transport(StreamHandler(reader, writer))
+    protocol = TAsyncBinaryProtocolFactory().get_protocol(trans)
+    conn = RawConnection(reader, writer, TAsyncClient(service or ChatService, protocol))
+    try:
+        yield conn
+    finally:
+        await conn.close()

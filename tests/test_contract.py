@@ -1,0 +1,134 @@
+"""The contract: the IDL's names, and clients built only from the classic two-field contract."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import thriftpy2
+
+from async_chat import IDL_PATH, ChatClient, ChatServer, ErrorCode
+from async_chat.contract import chat_thrift
+
+from .conftest import LOOPBACK
+
+ROOT = Path(__file__).resolve().parent.parent
+CLASSIC_IDL = """
+struct Message {
+    1: required string sender,
+    2: required string content
+}
+
+service ChatService {
+    void sendMessage(1: Message message)
+}
+"""
+
+
+def test_idl_keeps_the_classic_contract_and_adds_only_optional_fields() -> None:
+    spec = chat_thrift.Message.thrift_spec
+    assert spec[1][1:] == ("sender", True)
+    assert spec[2][1:] == ("content", True)
+    assert {spec[i][1] for i in range(3, 7)} == {"room", "seq", "sent_at_ms", "client_msg_id"}
+    assert all(spec[i][-1] is False for i in range(3, 7))  # optional
+    assert chat_thrift.ChatService.thrift_services == [
+        "sendMessage", "publish", "subscribe", "poll", "unsubscribe", "history",
+    ]
+    assert not chat_thrift.ChatService.sendMessage_result.thrift_spec  # no throws
+
+
+def test_error_codes_mirror_the_idl() -> None:
+    assert {c.name: c.value for c in ErrorCode} == chat_thrift.ErrorCode._NAMES_TO_VALUES
+
+
+def test_packaged_idl_is_the_repository_contract() -> None:
+    assert IDL_PATH.read_text() == (ROOT / "chat.thrift").read_text()
+
+
+async def test_classic_thriftpy2_client_sends_and_subscribers_get_seqs(server: ChatServer, tmp_path: Path) -> None:
+    (tmp_path / "classic.thrift").write_text(CLASSIC_IDL)
+    classic = thriftpy2.load(str(tmp_path / "classic.thrift"), module_name="classic_thrift")
+
+    def send_like_the_article() -> None:  # a plain blocking client: buffered transport, binary protocol
+        from thriftpy2.rpc import make_client
+
+        c = make_client(classic.ChatService, LOOPBACK, server.port, timeout=5000)
+        try:
+            for i in range(3):
+                c.sendMessage(classic.Message(sender="Alice", content=f"Hello, World! {i}"))
+        finally:
+            c.close()
+
+    async with ChatClient(LOOPBACK, server.port) as client, client.subscribe() as stream:
+        await asyncio.to_thread(send_like_the_article)
+        async with asyncio.timeout(10):
+            got = [await anext(stream) for _ in range(3)]
+    assert [(m.sender, m.content, m.room, m.seq) for m in got] == [
+        ("Alice", f"Hello, World! {i}", "general", i + 1) for i in range(3)
+    ]
+
+
+def _apache_codegen(idl_text: str, where: Path) -> Path:
+    thrift = shutil.which("thrift")
+    if thrift is None:
+        pytest.fail("Apache Thrift's compiler is missing: `make test` installs it (Debian package thrift-compiler)")
+    (where / "chat.thrift").write_text(idl_text)
+    out = where / "gen-py"
+    out.mkdir()
+    subprocess.run([thrift, "--gen", "py", "-out", str(out), str(where / "chat.thrift")], check=True, timeout=60)
+    return out
+
+
+async def _run_apache_client(gen: Path, port: int, mode: str) -> list[str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).with_name("apache_client.py")), str(gen), str(port), mode,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode().splitlines()
+
+
+async def test_apache_generated_classic_client_sends_and_subscribers_get_seqs(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    gen = _apache_codegen(CLASSIC_IDL, tmp_path)
+    async with ChatClient(LOOPBACK, server.port) as client, client.subscribe() as stream:
+        assert await _run_apache_client(gen, server.port, "classic") == ["sent 3"]
+        async with asyncio.timeout(10):
+            got = [await anext(stream) for _ in range(3)]
+    assert [(m.sender, m.content, m.seq) for m in got] == [("Alice", f"Hello, World! {i}", i + 1) for i in range(3)]
+
+
+async def test_apache_generated_client_of_the_full_contract(server: ChatServer, tmp_path: Path) -> None:
+    gen = _apache_codegen((ROOT / "chat.thrift").read_text(), tmp_path)
+    assert await _run_apache_client(gen, server.port, "full") == [
+        "published seq=1",
+        "polled 1:typed missed=0",
+        "refused code=INVALID",
+    ]
+
+
+def test_built_wheel_carries_the_idl_and_works_outside_the_checkout(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(ROOT)],
+        check=True, timeout=300,
+    )
+    [wheel] = (tmp_path / "dist").glob("async_chat-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("async_chat/chat.thrift") == (ROOT / "chat.thrift").read_bytes()
+        assert "async_chat/py.typed" in archive.namelist()
+        archive.extractall(site)
+    probe = "import async_chat, sys; m = async_chat.Message(sender='a', content='b'); print(async_chat.IDL_PATH)"
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
+    )
+    assert done.stdout.strip() == str(site / "async_chat" / "chat.thrift")

@@ -1,0 +1,148 @@
+"""The server's lifecycle and its answers when things go wrong: errors, unknown methods, drain, idle."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from pathlib import Path
+from typing import Any
+
+import pytest
+import thriftpy2
+from thriftpy2.thrift import TApplicationException
+
+from async_chat import ChatClient, ChatServer, Message, Settings, Unavailable
+from async_chat.contract import WireChatError
+from async_chat.server import ConnectionState
+
+from .conftest import LOOPBACK, ServerFactory, raw_connection, wait_until
+
+
+async def test_unexpected_handler_error_is_answered_and_the_connection_lives(
+    server: ChatServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert server.hub is not None
+    broker = server.hub.broker
+    real_publish = broker.publish
+    calls = 0
+
+    async def failing_once(message: Any) -> tuple[int, bool]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("disk on fire")
+        return await real_publish(message)
+
+    monkeypatch.setattr(broker, "publish", failing_once)
+    async with raw_connection(server.port) as raw:
+        with pytest.raises(TApplicationException) as refused:
+            await raw.client.publish(Message(sender="s", content="x"))
+        assert refused.value.type == TApplicationException.INTERNAL_ERROR
+        assert await raw.client.publish(Message(sender="s", content="y")) == 1  # same connection
+    assert server.connections_total == 1
+    assert "disk on fire" in caplog.text
+
+
+async def test_chat_error_arrives_as_the_idl_exception_with_its_code(server: ChatServer) -> None:
+    async with raw_connection(server.port) as raw:
+        with pytest.raises(WireChatError) as refused:
+            await raw.client.publish(Message(sender="", content="x"))
+        assert refused.value.code == 1  # INVALID
+        assert "sender" in refused.value.reason
+        with pytest.raises(TApplicationException, match="INVALID: sender"):
+            await raw.client.sendMessage(Message(sender="", content="x"))
+        await raw.client.sendMessage(Message(sender="ok", content="x"))
+
+
+async def test_unknown_method_gets_unknown_method_and_the_connection_lives(server: ChatServer, tmp_path: Path) -> None:
+    idl = tmp_path / "newer.thrift"
+    idl.write_text(
+        "struct Message { 1: required string sender, 2: required string content }\n"
+        "service ChatService { void sendMessage(1: Message message), i32 fromTheFuture(1: i32 x) }\n"
+    )
+    newer = thriftpy2.load(str(idl), module_name="newer_thrift")
+    async with raw_connection(server.port, newer.ChatService) as raw:
+        with pytest.raises(TApplicationException) as refused:
+            await raw.client.fromTheFuture(7)
+        assert refused.value.type == TApplicationException.UNKNOWN_METHOD
+        await raw.client.sendMessage(newer.Message(sender="s", content="still here"))
+    assert server.connections_total == 1
+
+
+async def test_garbage_closes_only_that_connection(server: ChatServer, client: ChatClient) -> None:
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(5):
+        assert await reader.read() == b""  # the server closed it
+    writer.close()
+    assert await client.publish(Message(sender="s", content="others are fine")) == 1
+
+
+async def test_graceful_shutdown_answers_polls_in_flight(make_server: ServerFactory) -> None:
+    server = await make_server()
+    async with ChatClient(LOOPBACK, server.port, pool_size=4) as client:
+        subs = [await client.create_subscription("r", 0) for _ in range(3)]
+        polls = [asyncio.create_task(client.poll(s.subscription_id, 10, 20_000)) for s in subs]
+        await wait_until(
+            lambda: sum(c.state is ConnectionState.BUSY for c in server._connections.values()) == 3
+        )
+        async with asyncio.timeout(5):
+            await server.aclose()
+            batches = await asyncio.gather(*polls)
+    assert [(b.messages, b.missed) for b in batches] == [([], 0)] * 3
+    assert server.connection_count == 0
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(LOOPBACK, server.port)
+
+
+async def test_shutdown_refuses_new_publishes_on_open_connections(make_server: ServerFactory) -> None:
+    server = await make_server()
+    async with ChatClient(LOOPBACK, server.port) as client:
+        sub = await client.create_subscription("r", 0)
+        poll = asyncio.create_task(client.poll(sub.subscription_id, 10, 20_000))
+        await wait_until(lambda: any(c.state is ConnectionState.BUSY for c in server._connections.values()))
+        closing = asyncio.create_task(server.aclose())
+        async with asyncio.timeout(5):
+            await poll
+            await closing
+        with pytest.raises(Unavailable):
+            await client.publish(Message(sender="s", content="too late"))
+
+
+async def test_idle_connections_are_closed(make_server: ServerFactory) -> None:
+    server = await make_server(idle_timeout=0.3, max_poll_wait_ms=100, subscription_ttl=1.0)
+    async with raw_connection(server.port) as raw:
+        await raw.client.sendMessage(Message(sender="s", content="x"))
+        assert server.connection_count == 1
+        async with asyncio.timeout(5):
+            assert await raw.reader.read() == b""
+    assert server.connection_count == 0
+
+
+async def test_a_poll_longer_than_nothing_is_not_cut_as_idle(make_server: ServerFactory) -> None:
+    server = await make_server(idle_timeout=0.5, max_poll_wait_ms=400, subscription_ttl=1.0)
+    async with ChatClient(LOOPBACK, server.port) as client:
+        sub = await client.create_subscription("r", 0)
+        # The idle timer runs only between calls: a poll waiting its full 400 ms is fine, twice.
+        for _ in range(2):
+            batch = await client.poll(sub.subscription_id, 10, 400)
+            assert batch.messages == []
+        assert server.connections_total == 1
+
+
+async def test_port_in_use_is_an_error_not_a_shared_port(server: ChatServer) -> None:
+    with pytest.raises(OSError, match="in use") as failed:
+        async with ChatServer(Settings(host=LOOPBACK, port=server.port)):
+            pass
+    assert failed.value.errno == errno.EADDRINUSE
+
+
+def test_settings_refuse_an_idle_timeout_shorter_than_the_longest_poll() -> None:
+    with pytest.raises(Exception, match="idle-timeout"):
+        Settings(idle_timeout=10, max_poll_wait_ms=30_000)
+
+
+async def test_repr_shows_state(server: ChatServer) -> None:
+    assert "SERVING" in repr(server)
+    assert f"{LOOPBACK}:{server.port}" in repr(server)
