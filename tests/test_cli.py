@@ -1,0 +1,172 @@
+"""`python -m async_chat.server` and `python -m async_chat.chat` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+
+from async_chat import ChatClient, Message
+from async_chat.settings import OPTIONS
+
+from .conftest import LOOPBACK
+
+
+class ServerProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: list[str]) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        async with asyncio.timeout(15):
+            assert self.proc.stderr is not None
+            self.log.extend((await self.proc.stderr.read()).decode().splitlines())
+            return await self.proc.wait()
+
+
+async def start_server(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "async_chat.server", "--host", LOOPBACK, "--port", "0", *args,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    async with asyncio.timeout(20):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            if not line:
+                raise AssertionError("server exited before listening:\n" + "".join(log))
+            log.append(line.rstrip("\n"))
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                return ServerProcess(proc, int(found.group(1)), log)
+
+
+@pytest.fixture
+async def server_process() -> AsyncIterator[ServerProcess]:
+    server = await start_server("--queue-size", "7")
+    try:
+        yield server
+    finally:
+        if server.proc.returncode is None:
+            server.proc.kill()
+            await server.proc.wait()
+
+
+def run_cli(args: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "async_chat.server", *args],
+        capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})},
+    )
+
+
+async def test_server_process_answers_and_stops_gracefully_on_sigterm(server_process: ServerProcess) -> None:
+    start_line = server_process.log[-1]
+    assert "transport=buffered protocol=binary broker=memory://" in start_line
+    assert "queue_size=7" in start_line
+    async with ChatClient(LOOPBACK, server_process.port) as client:
+        sub = await client.create_subscription("cli", 0)
+        poll = asyncio.create_task(client.poll(sub.subscription_id, 10, 20_000))
+        assert await client.publish(Message(sender="s", content="hello", room="cli")) == 1
+        assert [m.content for m in (await poll).messages] == ["hello"]
+    # (Polls in flight at shutdown are answered: tests/test_server.py drives that in-process.)
+    assert await server_process.stop(signal.SIGTERM) == 0
+    assert any("stopped" in line for line in server_process.log)
+    assert not any("Traceback" in line for line in server_process.log)
+
+
+async def test_server_process_exits_zero_on_sigint(server_process: ServerProcess) -> None:
+    assert await server_process.stop(signal.SIGINT) == 0
+
+
+async def test_environment_configures_the_server() -> None:
+    server = await start_server(env={"ASYNC_CHAT_HISTORY": "3", "ASYNC_CHAT_TRANSPORT": "framed"})
+    try:
+        assert "transport=framed" in server.log[-1]
+        assert "history=3" in server.log[-1]
+        async with ChatClient(LOOPBACK, server.port, transport="framed") as client:
+            for i in range(5):
+                await client.publish(Message(sender="s", content=str(i)))
+            assert [m.content for m in await client.history("general", 0, 10)] == ["2", "3", "4"]
+    finally:
+        assert await server.stop() == 0
+
+
+def test_port_in_use_is_one_line_and_non_zero() -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli(["--host", LOOPBACK, "--port", str(port)])
+    assert done.returncode == 1
+    expected = f"async_chat: cannot listen on {LOOPBACK}:{port}: Address already in use"
+    assert done.stderr.strip().splitlines() == [expected]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "complaint"),
+    [
+        (["--transport", "pigeon"], {}, "invalid choice: 'pigeon'"),
+        (["--port", "http"], {}, "invalid int value: 'http'"),
+        (["--no-such-flag"], {}, "unrecognized arguments: --no-such-flag"),
+        (["--idle-timeout", "5"], {}, "idle-timeout (5s) must exceed max-poll-wait-ms (30s)"),
+        (["--broker", "kafka://x"], {}, "broker must be a URL of memory://"),
+        ([], {"ASYNC_CHAT_QUEUE_SIZE": "lots"}, "ASYNC_CHAT_QUEUE_SIZE='lots' is not a valid int"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_2(args: list[str], env: dict[str, str], complaint: str) -> None:
+    done = run_cli(args, env)
+    assert done.returncode == 2
+    [line] = done.stderr.strip().splitlines()
+    assert complaint in line
+    assert "Traceback" not in done.stderr
+
+
+def test_help_explains_every_option_and_its_environment_variable() -> None:
+    done = run_cli(["--help"])
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for option in OPTIONS:
+        assert option.flag in text
+        assert option.env in text
+
+
+async def test_two_terminal_clients_chat_through_a_server(server_process: ServerProcess) -> None:
+    async def terminal(name: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "async_chat.chat", "--name", name, "--room", "lobby",
+            "--host", LOOPBACK, "--port", str(server_process.port),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+
+    async def read_until(proc: asyncio.subprocess.Process, pattern: str) -> str:
+        assert proc.stdout is not None
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            assert line, f"terminal exited before printing {pattern!r}"
+            if re.search(pattern, line):
+                return line
+
+    alice, bob = await terminal("alice"), await terminal("bob")
+    assert alice.stdin is not None
+    assert bob.stdin is not None
+    async with asyncio.timeout(30):
+        await read_until(alice, r"joined 'lobby'")
+        await read_until(bob, r"joined 'lobby'")
+        alice.stdin.write(b"hello bob\n")
+        seen_by_bob = await read_until(bob, r"alice: hello bob")
+        bob.stdin.write(b"hi alice\n")
+        seen_by_alice = await read_until(alice, r"bob: hi alice")
+        alice.stdin.close()
+        bob.stdin.close()
+        assert await alice.wait() == 0
+        assert await bob.wait() == 0
+    assert re.match(r"\[\d\d:\d\d:\d\d\] #1 alice: hello bob", seen_by_bob)
+    assert re.match(r"\[\d\d:\d\d:\d\d\] #2 bob: hi alice", seen_by_alice)
