@@ -10,13 +10,16 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import pytest
 
-from async_chat import ChatClient, Message
+from async_chat import ChatClient, Message, Settings
 from async_chat.settings import OPTIONS
 
 from .conftest import LOOPBACK
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class ServerProcess:
@@ -170,3 +173,24 @@ async def test_two_terminal_clients_chat_through_a_server(server_process: Server
         assert await bob.wait() == 0
     assert re.match(r"\[\d\d:\d\d:\d\d\] #1 alice: hello bob", seen_by_bob)
     assert re.match(r"\[\d\d:\d\d:\d\d\] #2 bob: hi alice", seen_by_alice)
+
+
+async def test_readme_quickstart_example_runs(server_process: ServerProcess) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "quickstart.py"), "--port", str(server_process.port),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    lines = out.decode().splitlines()
+    assert lines[:2] == ["stored as lobby #1", "#1 alice: hi, lobby"]
+    assert re.fullmatch(r"general #1 at \d+ ms: hello", lines[2])
+
+
+def test_readme_configuration_table_matches_the_options() -> None:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    defaults = Settings()
+    for option in OPTIONS:
+        row = f"| `{option.flag}` | `{option.env}` | `{getattr(defaults, option.field)}` |"
+        assert row in readme, f"README's table is out of date for {option.flag}"

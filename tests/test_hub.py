@@ -1,0 +1,135 @@
+"""The hub over the memory broker, without the network: cursors, replay, overflow and expiry in detail."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from async_chat import Message, NoSuchSubscription, Unavailable
+from async_chat.brokers.memory import MemoryBroker
+from async_chat.hub import Hub, HubLimits
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def hub(clock: Clock) -> AsyncIterator[Hub]:
+    hub = Hub(MemoryBroker(history=20, dedup_window=3), HubLimits(queue_size=4, subscription_ttl=10), clock=clock)
+    await hub.start()
+    yield hub
+    await hub.aclose()
+
+
+async def publish(hub: Hub, n: int, room: str = "r") -> list[int]:
+    return [await hub.publish(Message(sender="s", content=str(i), room=room)) for i in range(n)]
+
+
+async def test_replay_longer_than_the_queue_is_read_from_history_not_dropped(hub: Hub) -> None:
+    await publish(hub, 10)
+    sub = await hub.subscribe("r", 1)
+    seqs: list[int] = []
+    missed = 0
+    for _ in range(5):
+        batch = await hub.poll(sub.subscription_id, 3, 0)
+        seqs += [m.seq for m in batch.messages]
+        missed += batch.missed
+    assert (seqs, missed) == (list(range(1, 11)), 0)
+
+
+async def test_live_overflow_during_a_replay_is_counted_once(hub: Hub) -> None:
+    await publish(hub, 5)
+    sub = await hub.subscribe("r", 1)
+    await publish(hub, 7)  # seqs 6..12 into a queue of 4: 6, 7, 8 dropped
+    got: list[int] = []
+    missed = 0
+    while True:
+        batch = await hub.poll(sub.subscription_id, 100, 0)
+        if not batch.messages:
+            break
+        got += [m.seq for m in batch.messages]
+        missed += batch.missed
+    assert got == [1, 2, 3, 4, 5, 9, 10, 11, 12]
+    assert missed == 3
+
+
+async def test_resuming_past_the_end_of_a_forgotten_room_replays_it_from_the_start(hub: Hub) -> None:
+    await publish(hub, 2)
+    sub = await hub.subscribe("r", 50)
+    assert sub.next_seq == 1
+    batch = await hub.poll(sub.subscription_id, 10, 0)
+    assert [m.seq for m in batch.messages] == [1, 2]
+
+
+async def test_resuming_at_the_next_seq_is_live(hub: Hub) -> None:
+    await publish(hub, 3)
+    sub = await hub.subscribe("r", 4)
+    assert (await hub.poll(sub.subscription_id, 10, 0)).messages == []
+    await publish(hub, 1)
+    assert [m.seq for m in (await hub.poll(sub.subscription_id, 10, 0)).messages] == [4]
+
+
+async def test_expiry_spares_a_subscription_inside_a_poll(hub: Hub, clock: Clock) -> None:
+    idle = await hub.subscribe("r", 0)
+    busy = await hub.subscribe("r", 0)
+    poll = asyncio.create_task(hub.poll(busy.subscription_id, 10, 30))
+    await asyncio.sleep(0)  # the poll task takes its lock and starts waiting
+    clock.now += 11
+    assert hub.reap() == 1
+    with pytest.raises(NoSuchSubscription):
+        await hub.poll(idle.subscription_id, 10, 0)
+    await publish(hub, 1)
+    assert [m.seq for m in (await poll).messages] == [1]
+
+
+async def test_polls_on_one_subscription_are_served_one_at_a_time(hub: Hub) -> None:
+    sub = await hub.subscribe("r", 0)
+    first = asyncio.create_task(hub.poll(sub.subscription_id, 1, 30))
+    second = asyncio.create_task(hub.poll(sub.subscription_id, 1, 30))
+    await asyncio.sleep(0)
+    await publish(hub, 2)
+    batches = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert sorted(m.seq for b in batches for m in b.messages) == [1, 2]
+
+
+async def test_dedup_window_is_bounded(hub: Hub) -> None:
+    seqs = [await hub.publish(Message(sender="s", content="x", room="r", client_msg_id=f"id{i}")) for i in range(4)]
+    # The window holds 3 ids: id0 has fallen out, id3 is still remembered.
+    again = await hub.publish(Message(sender="s", content="x", room="r", client_msg_id="id3"))
+    forgotten = await hub.publish(Message(sender="s", content="x", room="r", client_msg_id="id0"))
+    assert (seqs, again, forgotten) == ([1, 2, 3, 4], 4, 5)
+
+
+async def test_subscription_limit_is_enforced(clock: Clock) -> None:
+    hub = Hub(MemoryBroker(history=1, dedup_window=1), HubLimits(max_subscriptions=2), clock=clock)
+    await hub.start()
+    try:
+        await hub.subscribe("r", 0)
+        await hub.subscribe("r", 0)
+        with pytest.raises(Unavailable, match="maximum of 2"):
+            await hub.subscribe("r", 0)
+    finally:
+        await hub.aclose()
+
+
+async def test_closing_wakes_polls_and_refuses_publishes(hub: Hub) -> None:
+    sub = await hub.subscribe("r", 0)
+    poll = asyncio.create_task(hub.poll(sub.subscription_id, 10, 30))
+    await asyncio.sleep(0)
+    hub.begin_shutdown()
+    batch = await asyncio.wait_for(poll, 5)
+    assert batch.messages == []
+    with pytest.raises(Unavailable):
+        await publish(hub, 1)
