@@ -21,9 +21,9 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
+from anyio.abc import AsyncResource
 from thriftpy2.contrib.aio.client import TAsyncClient
 from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
 from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocolFactory
@@ -86,7 +86,7 @@ class _Conn:
         self.writer.close()
 
 
-class ChatClient:
+class ChatClient(AsyncResource):
     """Talks to an async_chat server (or any server of the classic contract, for sendMessage).
 
     `pool_size` connections at most, each carrying one call at a time: any number of tasks may share a
@@ -123,14 +123,6 @@ class ChatClient:
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else "OPEN"
         return f"<ChatClient [{state}] {self.host}:{self.port} idle={len(self._idle)} streams={len(self._streams)}>"
-
-    async def __aenter__(self) -> ChatClient:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close every pooled connection and every open `subscribe()` stream."""
@@ -283,7 +275,7 @@ def _refusal(exc: TApplicationException) -> ChatError:
     return ServerError(text, type=exc.type)
 
 
-class MessageStream:
+class MessageStream(AsyncResource):
     """`client.subscribe(...)`: an async iterator of `Message | Missed` with its own connection.
 
     Use it as `async with client.subscribe("room") as stream: async for item in stream:`, or iterate it
@@ -317,11 +309,6 @@ class MessageStream:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self

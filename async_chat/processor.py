@@ -48,7 +48,12 @@ class ChatProcessor:
             await self.send_exception(oprot, api, result, seqid)
             return
         try:
-            result.success = await call()
+            try:
+                result.success = await call()
+            except ChatError as exc:
+                if exc.code is None:  # a client-side kind has no wire code: a bug here, not a refusal
+                    raise RuntimeError(f"{api} raised {exc!r}, which has no ErrorCode") from exc
+                raise
         except ChatError as exc:
             if "error" in {spec[1] for spec in result.thrift_spec.values()}:
                 result.error = WireChatError(code=int(exc.code or 0), reason=exc.reason)

@@ -22,9 +22,9 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
+from anyio.abc import AsyncResource
 from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
 from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocolFactory
 from thriftpy2.contrib.aio.socket import StreamHandler
@@ -99,7 +99,7 @@ class _Connection:
         pass
 
 
-class ChatServer:
+class ChatServer(AsyncResource):
     """The message service on one TCP port. Use as `async with ChatServer(settings) as server:`."""
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
@@ -133,11 +133,6 @@ class ChatServer:
     async def __aenter__(self) -> ChatServer:
         await self.start()
         return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def start(self) -> None:
         """Bind, start the hub, and accept connections. Raises OSError if the address cannot be bound."""
