@@ -3,7 +3,9 @@
 Built on thriftpy2's `make_aio_server` (its socket, transports, protocols and processor), with four of its
 behaviours replaced, each for a reason from THRIFTPY2.md:
 - Its `client_timeout` cuts every connection a fixed time after it opened, busy or not. We pass None and
-  run our own idle timer per connection: `idle_timeout` between calls, always longer than the longest poll.
+  close connections that sit `idle_timeout` between calls (always longer than the longest poll); a call
+  that has not fully arrived by then counts as idle too. One sweeper task checks every connection a few
+  times per timeout, rather than a timer armed and cancelled around every call.
 - Its listening socket sets SO_REUSEPORT, so a second server on a busy port silently shares it. We bind
   our own socket without it: a port in use is an error.
 - An undeclared exception drops the connection without a reply. `ChatProcessor` answers every call.
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import enum
 import logging
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,6 +75,7 @@ class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.state = ConnectionState.IDLE
+        self.idle_since = time.monotonic()
         self.calls = 0
         self.peer = _format_peer(writer.get_extra_info("peername"))
         self.shutdown_cancel = False
@@ -108,6 +113,7 @@ class ChatServer(AsyncResource):
         self.state = ServerState.NEW
         self.hub: Hub | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
         self._processor: ChatProcessor | None = None
         self._trans_factory = _TRANSPORTS[self.settings.transport]()
@@ -159,6 +165,7 @@ class ChatServer(AsyncResource):
             self._processor = ChatProcessor(ChatService, thrift_server.processor._handler)
             thrift_server.trans.raw_sock = sock  # our socket: no SO_REUSEPORT
             self._listener = await thrift_server.trans.accept(self._serve)
+            self._sweeper = asyncio.create_task(self._sweep_idle(), name="async_chat.server.idle-sweeper")
         except BaseException:
             sock.close()
             if self.hub is not None:
@@ -183,6 +190,10 @@ class ChatServer(AsyncResource):
         assert self.hub is not None
         try:
             self._listener.close()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._sweeper
             self.hub.begin_shutdown()
             for conn in self._connections.values():
                 if conn.state is ConnectionState.IDLE:
@@ -220,12 +231,8 @@ class ChatServer(AsyncResource):
         try:
             while self.state is ServerState.SERVING:
                 conn.state = ConnectionState.IDLE
-                try:
-                    async with asyncio.timeout(self.settings.idle_timeout):
-                        call = await processor.read_call(prot)
-                except TimeoutError:
-                    logger.debug("closing %r: idle for %gs", conn, self.settings.idle_timeout)
-                    break
+                conn.idle_since = time.monotonic()
+                call = await processor.read_call(prot)
                 conn.state = ConnectionState.BUSY
                 await processor.answer(prot, *call)
                 conn.calls += 1
@@ -241,6 +248,18 @@ class ChatServer(AsyncResource):
         finally:
             self._connections.pop(task, None)
             conn.close()
+
+
+    async def _sweep_idle(self) -> None:
+        """Close connections that have waited `idle_timeout` for their next call to arrive."""
+        timeout = self.settings.idle_timeout
+        while True:
+            await asyncio.sleep(min(max(timeout / 4, 0.01), 1.0))
+            deadline = time.monotonic() - timeout
+            for conn in self._connections.values():
+                if conn.state is not ConnectionState.BUSY and conn.idle_since < deadline:
+                    logger.debug("closing %r: idle for %gs", conn, timeout)
+                    conn.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:
