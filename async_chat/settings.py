@@ -39,6 +39,7 @@ class Settings:
     max_content_bytes: int = 64 * 1024
     max_name_length: int = 256
     max_subscriptions: int = 100_000
+    max_rooms: int = 10_000
     dedup_window: int = 10_000
     drain_timeout: float = 10.0
     log_level: str = "INFO"
@@ -56,7 +57,7 @@ class Settings:
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         for name in ("queue_size", "max_poll_messages", "max_content_bytes", "max_name_length",
-                     "max_subscriptions", "dedup_window"):
+                     "max_subscriptions", "max_rooms", "dedup_window"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if self.history < 0:
@@ -111,6 +112,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_content_bytes", "largest message content, in UTF-8 bytes (TOO_LARGE beyond)"),
     Option("max_name_length", "longest sender, room or client_msg_id, in characters (TOO_LARGE beyond)"),
     Option("max_subscriptions", "subscriptions the server holds at once (UNAVAILABLE beyond)"),
+    Option("max_rooms", "rooms the server keeps (a publish opening one more is refused: UNAVAILABLE)"),
     Option("dedup_window", "client_msg_ids remembered per room for deduplicating retried sends"),
     Option("drain_timeout", "seconds a graceful shutdown waits for calls in flight"),
     Option("log_level", "log verbosity", LOG_LEVELS),

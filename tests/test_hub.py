@@ -124,6 +124,19 @@ async def test_subscription_limit_is_enforced(clock: Clock) -> None:
         await hub.aclose()
 
 
+async def test_room_limit_refuses_new_rooms_but_serves_existing_ones(clock: Clock) -> None:
+    hub = Hub(MemoryBroker(history=5, dedup_window=5, max_rooms=2), clock=clock)
+    await hub.start()
+    try:
+        await publish(hub, 1, room="a")
+        await publish(hub, 1, room="b")
+        with pytest.raises(Unavailable, match="maximum of 2 rooms"):
+            await publish(hub, 1, room="c")
+        assert await publish(hub, 1, room="a") == [2]
+    finally:
+        await hub.aclose()
+
+
 async def test_closing_wakes_polls_and_refuses_publishes(hub: Hub) -> None:
     sub = await hub.subscribe("r", 0)
     poll = asyncio.create_task(hub.poll(sub.subscription_id, 10, 30))

@@ -50,11 +50,11 @@ class Broker(abc.ABC):
         """Stop delivering and release what the broker holds."""
 
 
-def open_broker(url: str, *, history: int, dedup_window: int) -> Broker:
+def open_broker(url: str, *, history: int, dedup_window: int, max_rooms: int) -> Broker:
     """Build the broker a URL names; its module is imported only here, when asked for."""
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryBroker
 
-        return MemoryBroker(history=history, dedup_window=dedup_window)
+        return MemoryBroker(history=history, dedup_window=dedup_window, max_rooms=max_rooms)
     raise InvalidRequest(f"unsupported broker URL {url!r}: expected one of {', '.join(s + '://' for s in SCHEMES)}")

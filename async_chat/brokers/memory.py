@@ -12,6 +12,7 @@ from collections import OrderedDict, deque
 from itertools import islice
 from typing import Any
 
+from ..errors import Unavailable
 from . import Broker, Deliver
 
 
@@ -27,9 +28,10 @@ class _Room:
 class MemoryBroker(Broker):
     """Rooms, seq counters, bounded history rings and dedup windows in this process."""
 
-    def __init__(self, *, history: int, dedup_window: int) -> None:
+    def __init__(self, *, history: int, dedup_window: int, max_rooms: int = 10_000) -> None:
         self._history = history
         self._dedup_window = dedup_window
+        self._max_rooms = max_rooms
         self._rooms: dict[str, _Room] = {}
         self._deliver: Deliver | None = None
 
@@ -42,6 +44,9 @@ class MemoryBroker(Broker):
     async def publish(self, message: Any) -> tuple[int, bool]:
         room = self._rooms.get(message.room)
         if room is None:
+            if len(self._rooms) >= self._max_rooms:
+                # Rooms hold history and are never forgotten while the process lives: bound their number.
+                raise Unavailable(f"the server holds its maximum of {self._max_rooms} rooms")
             room = self._rooms[message.room] = _Room(self._history)
         key = (message.sender, message.client_msg_id) if message.client_msg_id else None
         if key is not None:
