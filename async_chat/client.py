@@ -108,6 +108,10 @@ class ChatClient(AsyncResource):
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
+        if transport not in _TRANSPORTS or protocol not in _PROTOCOLS:
+            raise ValueError(
+                f"transport must be one of {sorted(_TRANSPORTS)} and protocol one of {sorted(_PROTOCOLS)}"
+            )
         self.host, self.port = host, port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
@@ -185,17 +189,16 @@ class ChatClient(AsyncResource):
             conn = self._take_idle()
             if conn is None:
                 conn = await self.connect()
-            result, _ = await self.invoke(conn, api, args, timeout)
-            return result
+            return await self.invoke(conn, api, args, timeout)
 
-    async def invoke(self, conn: _Conn, api: str, args: tuple[Any, ...], timeout: float | None) -> tuple[Any, bool]:
-        """Call `api` on `conn`; return it to the pool if still in step, else close it. Maps errors."""
+    async def invoke(self, conn: _Conn, api: str, args: tuple[Any, ...], timeout: float | None) -> Any:
+        """Call `api` on `conn`; then pool it if it is still in step, else close it. Maps errors."""
         in_step = False
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 result = await getattr(conn.client, api)(*args)
             in_step = True
-            return result, True
+            return result
         except TimeoutError:
             raise CallTimeout(f"{api} got no reply from {self.host}:{self.port} in time") from None
         except WireChatError as exc:
@@ -345,7 +348,7 @@ class MessageStream(AsyncResource):
             self._conn.dedicated = True
         if self.subscription_id is None:
             asked = self.next_seq
-            sub, _ = await client.invoke(self._conn, "subscribe", (self.room, asked), None)
+            sub = await client.invoke(self._conn, "subscribe", (self.room, asked), None)
             if self._started and sub.next_seq < asked:
                 self._buffer.append(Missed(count=0, next_seq=sub.next_seq, reset=True))
             self.subscription_id, self.next_seq, self._started = sub.subscription_id, sub.next_seq, True
@@ -355,7 +358,7 @@ class MessageStream(AsyncResource):
         client = self._client
         conn = await self._ensure_subscribed()
         args = (self.subscription_id, self._max_messages, self._wait_ms)
-        batch, _ = await client.invoke(conn, "poll", args, client._poll_timeout(self._wait_ms))
+        batch = await client.invoke(conn, "poll", args, client._poll_timeout(self._wait_ms))
         if batch.missed:
             resume = batch.messages[0].seq if batch.messages else batch.next_seq
             self._buffer.append(Missed(count=batch.missed, next_seq=resume))

@@ -152,9 +152,10 @@ class ChatServer(AsyncResource):
             hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions))
             await hub.start()
             self.hub = hub
+            handler = ChatHandler(hub, s)
             thrift_server = make_aio_server(
                 ChatService,
-                ChatHandler(hub, s),
+                handler,
                 host=s.host,
                 port=self.port,
                 proto_factory=self._proto_factory,
@@ -162,16 +163,17 @@ class ChatServer(AsyncResource):
                 client_timeout=None,
                 loop=asyncio.get_running_loop(),
             )
-            self._processor = ChatProcessor(ChatService, thrift_server.processor._handler)
+            self._processor = ChatProcessor(ChatService, handler)
             thrift_server.trans.raw_sock = sock  # our socket: no SO_REUSEPORT
+            self.state = ServerState.SERVING  # before accepting: the first connection may arrive at once
             self._listener = await thrift_server.trans.accept(self._serve)
             self._sweeper = asyncio.create_task(self._sweep_idle(), name="async_chat.server.idle-sweeper")
         except BaseException:
+            self.state = ServerState.CLOSED
             sock.close()
             if self.hub is not None:
                 await self.hub.aclose()
             raise
-        self.state = ServerState.SERVING
         logger.info(
             "async_chat listening on %s transport=%s protocol=%s broker=%s history=%d queue_size=%d",
             self.address, s.transport, s.protocol, s.broker, s.history, s.queue_size,
@@ -197,7 +199,7 @@ class ChatServer(AsyncResource):
             self.hub.begin_shutdown()
             for conn in self._connections.values():
                 if conn.state is ConnectionState.IDLE:
-                    conn.writer.close()
+                    conn.close()
             pending = set(self._connections)
             if pending:
                 _done, pending = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
@@ -215,7 +217,7 @@ class ChatServer(AsyncResource):
             logger.info("stopped")
 
     async def _serve(self, client: StreamHandler) -> None:
-        """Serve one connection: calls one after another, an idle timer between them."""
+        """Serve one connection: its calls one after another, until it closes, idles out, or we stop."""
         task = asyncio.current_task()
         assert task is not None
         assert self._processor is not None
