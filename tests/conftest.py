@@ -16,8 +16,8 @@ LOOPBACK = "127.0.0.1"
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """Every async test runs on uvloop, the loop the server runs on in production."""
-    return {"uvloop": uvloop.new_event_loop}
+    """Every async test runs on uvloop (what the CLI runs) and on asyncio's own loop (what apps may embed in)."""
+    return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
 ServerFactory = Callable[..., Awaitable[ChatServer]]
