@@ -25,15 +25,11 @@ from typing import Any
 
 from anyio.abc import AsyncResource
 from thriftpy2.contrib.aio.client import TAsyncClient
-from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
-from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocolFactory
 from thriftpy2.contrib.aio.socket import StreamHandler
-from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
-from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
 from thriftpy2.thrift import TApplicationException, TException
 from thriftpy2.transport import TTransportException
 
-from .contract import DEFAULT_ROOM, ChatService, Message, WireChatError
+from .contract import DEFAULT_ROOM, PROTOCOLS, TRANSPORTS, ChatService, Message, WireChatError
 from .errors import (
     CallTimeout,
     ChatError,
@@ -46,8 +42,6 @@ from .errors import (
 
 logger = logging.getLogger(__name__)
 
-_TRANSPORTS: dict[str, type[Any]] = {"buffered": TAsyncBufferedTransportFactory, "framed": TAsyncFramedTransportFactory}
-_PROTOCOLS: dict[str, type[Any]] = {"binary": TAsyncBinaryProtocolFactory, "compact": TAsyncCompactProtocolFactory}
 _WIRE_ERRORS = (TTransportException, OSError, asyncio.IncompleteReadError, EOFError)
 
 
@@ -108,17 +102,17 @@ class ChatClient(AsyncResource):
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
-        if transport not in _TRANSPORTS or protocol not in _PROTOCOLS:
+        if transport not in TRANSPORTS or protocol not in PROTOCOLS:
             raise ValueError(
-                f"transport must be one of {sorted(_TRANSPORTS)} and protocol one of {sorted(_PROTOCOLS)}"
+                f"transport must be one of {sorted(TRANSPORTS)} and protocol one of {sorted(PROTOCOLS)}"
             )
         self.host, self.port = host, port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.retries = retries
-        self._trans_factory = _TRANSPORTS[transport]()
-        self._proto_factory = _PROTOCOLS[protocol]()
+        self._trans_factory = TRANSPORTS[transport]()
+        self._proto_factory = PROTOCOLS[protocol]()
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: deque[_Conn] = deque()
         self._streams: set[MessageStream] = set()

@@ -13,7 +13,6 @@ history for seqs before `live_start` (a replay), then its live queue. A subscrip
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import secrets
@@ -26,6 +25,7 @@ from typing import Any
 from .brokers import Broker
 from .contract import Batch, Subscription
 from .errors import NoSuchSubscription, Unavailable
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
 
@@ -129,10 +129,7 @@ class Hub:
         self.begin_shutdown()
         self.state = HubState.CLOSED
         reaper, self._reaper = self._reaper, None
-        if reaper is not None:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+        await cancel_and_wait(reaper)
         await self.broker.aclose()
 
     # -- publishing -------------------------------------------------------------------------------

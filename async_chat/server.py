@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import enum
 import logging
 import signal
@@ -29,27 +28,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from anyio.abc import AsyncResource
-from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
-from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocolFactory
 from thriftpy2.contrib.aio.socket import StreamHandler
-from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
-from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
 from thriftpy2.rpc import make_aio_server  # type: ignore[attr-defined]
 from thriftpy2.transport import TTransportException
 
 from . import settings as settings_module
 from .brokers import open_broker
-from .contract import ChatService
+from .contract import PROTOCOLS, TRANSPORTS, ChatService
 from .errors import ChatError
 from .handler import ChatHandler
 from .hub import Hub, HubLimits
 from .processor import ChatProcessor
 from .settings import Settings
+from .tasks import cancel_and_wait
 
 logger = logging.getLogger("async_chat.server")
 
-_TRANSPORTS: dict[str, type[Any]] = {"buffered": TAsyncBufferedTransportFactory, "framed": TAsyncFramedTransportFactory}
-_PROTOCOLS: dict[str, type[Any]] = {"binary": TAsyncBinaryProtocolFactory, "compact": TAsyncCompactProtocolFactory}
 
 
 class ServerState(enum.Enum):
@@ -116,8 +110,8 @@ class ChatServer(AsyncResource):
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
         self._processor: ChatProcessor | None = None
-        self._trans_factory = _TRANSPORTS[self.settings.transport]()
-        self._proto_factory = _PROTOCOLS[self.settings.protocol]()
+        self._trans_factory = TRANSPORTS[self.settings.transport]()
+        self._proto_factory = PROTOCOLS[self.settings.protocol]()
         self.host = self.settings.host
         self.port = self.settings.port
         self.connections_total = 0
@@ -192,10 +186,7 @@ class ChatServer(AsyncResource):
         assert self.hub is not None
         try:
             self._listener.close()
-            if self._sweeper is not None:
-                self._sweeper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._sweeper
+            await cancel_and_wait(self._sweeper)
             self.hub.begin_shutdown()
             for conn in self._connections.values():
                 if conn.state is ConnectionState.IDLE:

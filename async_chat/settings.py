@@ -13,11 +13,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
+from . import contract
 from .brokers import SCHEMES
 from .errors import InvalidRequest
 
-TRANSPORTS = ("buffered", "framed")
-PROTOCOLS = ("binary", "compact")
+TRANSPORTS = tuple(contract.TRANSPORTS)
+PROTOCOLS = tuple(contract.PROTOCOLS)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
