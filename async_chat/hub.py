@@ -25,7 +25,7 @@ from typing import Any
 from .brokers import Broker
 from .contract import Batch, Subscription
 from .errors import NoSuchSubscription, Unavailable
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, every, housekeeping_interval
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ class Hub:
 
     async def start(self) -> None:
         await self.broker.start(self._deliver)
-        self._reaper = asyncio.create_task(self._reap_forever(), name="async_chat.hub.reaper")
+        interval = housekeeping_interval(self.limits.subscription_ttl, cap=5.0)
+        self._reaper = asyncio.create_task(every(interval, self.reap), name="async_chat.hub.reaper")
         self.state = HubState.RUNNING
 
     def begin_shutdown(self) -> None:
@@ -266,12 +267,6 @@ class Hub:
             self.expired_total += len(stale)
             logger.info("expired %d idle subscription(s)", len(stale))
         return len(stale)
-
-    async def _reap_forever(self) -> None:
-        interval = min(max(self.limits.subscription_ttl / 4, 0.01), 5.0)
-        while True:
-            await asyncio.sleep(interval)
-            self.reap()
 
     def _check_running(self) -> None:
         if self.state is not HubState.RUNNING:

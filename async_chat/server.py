@@ -40,7 +40,7 @@ from .handler import ChatHandler
 from .hub import Hub, HubLimits
 from .processor import ChatProcessor
 from .settings import Settings
-from .tasks import cancel_and_wait
+from .tasks import cancel_and_wait, every, housekeeping_interval
 
 logger = logging.getLogger("async_chat.server")
 
@@ -161,7 +161,9 @@ class ChatServer(AsyncResource):
             thrift_server.trans.raw_sock = sock  # our socket: no SO_REUSEPORT
             self.state = ServerState.SERVING  # before accepting: the first connection may arrive at once
             self._listener = await thrift_server.trans.accept(self._serve)
-            self._sweeper = asyncio.create_task(self._sweep_idle(), name="async_chat.server.idle-sweeper")
+            interval = housekeeping_interval(s.idle_timeout, cap=1.0)
+            sweep = every(interval, self._close_idle)
+            self._sweeper = asyncio.create_task(sweep, name="async_chat.server.idle-sweeper")
         except BaseException:
             self.state = ServerState.CLOSED
             sock.close()
@@ -242,17 +244,14 @@ class ChatServer(AsyncResource):
             self._connections.pop(task, None)
             conn.close()
 
-
-    async def _sweep_idle(self) -> None:
+    def _close_idle(self) -> None:
         """Close connections that have waited `idle_timeout` for their next call to arrive."""
         timeout = self.settings.idle_timeout
-        while True:
-            await asyncio.sleep(min(max(timeout / 4, 0.01), 1.0))
-            deadline = time.monotonic() - timeout
-            for conn in self._connections.values():
-                if conn.state is not ConnectionState.BUSY and conn.idle_since < deadline:
-                    logger.debug("closing %r: idle for %gs", conn, timeout)
-                    conn.close()
+        deadline = time.monotonic() - timeout
+        for conn in self._connections.values():
+            if conn.state is not ConnectionState.BUSY and conn.idle_since < deadline:
+                logger.debug("closing %r: idle for %gs", conn, timeout)
+                conn.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

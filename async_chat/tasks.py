@@ -1,9 +1,22 @@
-"""Stopping the background tasks we own, without swallowing a cancellation aimed at us."""
+"""The background tasks we own: periodic housekeeping, and stopping it without swallowing our own cancellation."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
+
+
+def housekeeping_interval(period: float, cap: float) -> float:
+    """How often to check a deadline of `period` seconds: four times per period, within [10 ms, cap]."""
+    return min(max(period / 4, 0.01), cap)
+
+
+async def every(interval: float, action: Callable[[], object]) -> None:
+    """Call `action` every `interval` seconds until cancelled (the owner cancels it with cancel_and_wait)."""
+    while True:
+        await asyncio.sleep(interval)
+        action()
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
