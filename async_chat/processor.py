@@ -48,24 +48,26 @@ class ChatProcessor:
             await self.send_exception(oprot, api, result, seqid)
             return
         try:
-            try:
-                result.success = await call()
-            except ChatError as exc:
-                if exc.code is None:  # a client-side kind has no wire code: a bug here, not a refusal
-                    raise RuntimeError(f"{api} raised {exc!r}, which has no ErrorCode") from exc
-                raise
+            result.success = await call()
         except ChatError as exc:
+            if exc.code is None:  # a client-side kind has no wire code: a bug here, not a refusal
+                await self._internal_error(oprot, api, seqid)
+                return
             if "error" in {spec[1] for spec in result.thrift_spec.values()}:
-                result.error = WireChatError(code=int(exc.code or 0), reason=exc.reason)
+                result.error = WireChatError(code=int(exc.code), reason=exc.reason)
             else:
                 refusal = TApplicationException(TApplicationException.UNKNOWN, str(exc))
                 await self.send_exception(oprot, api, refusal, seqid)
                 return
         except Exception:
-            logger.exception("%s failed with an unexpected error; answering INTERNAL_ERROR", api)
-            message = f"internal error in {api} (logged by the server)"
-            error = TApplicationException(TApplicationException.INTERNAL_ERROR, message)
-            await self.send_exception(oprot, api, error, seqid)
+            await self._internal_error(oprot, api, seqid)
             return
         if not result.oneway:
             await self.send_result(oprot, api, result, seqid)
+
+    async def _internal_error(self, oprot: Any, api: str, seqid: int) -> None:
+        """Log the exception being handled, with its traceback, and answer INTERNAL_ERROR."""
+        logger.exception("%s failed with an unexpected error; answering INTERNAL_ERROR", api)
+        message = f"internal error in {api} (logged by the server)"
+        error = TApplicationException(TApplicationException.INTERNAL_ERROR, message)
+        await self.send_exception(oprot, api, error, seqid)
