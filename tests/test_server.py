@@ -11,15 +11,20 @@ import pytest
 import thriftpy2
 from thriftpy2.thrift import TApplicationException
 
-from async_chat import ChatClient, ChatServer, Message, Settings, Unavailable
+from async_chat import ChatClient, ChatServer, Message, ServerError, Settings, Unavailable
 from async_chat.contract import WireChatError
 from async_chat.server import ConnectionState
 
 from .conftest import LOOPBACK, ServerFactory, raw_connection, wait_until
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [RuntimeError("disk on fire"), ServerError("disk on fire")],  # ServerError: a ChatError with no wire code
+    ids=["unexpected", "codeless-chat-error"],
+)
 async def test_unexpected_handler_error_is_answered_and_the_connection_lives(
-    server: ChatServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    server: ChatServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failure: Exception
 ) -> None:
     assert server.hub is not None
     broker = server.hub.broker
@@ -30,7 +35,7 @@ async def test_unexpected_handler_error_is_answered_and_the_connection_lives(
         nonlocal calls
         calls += 1
         if calls == 1:
-            raise RuntimeError("disk on fire")
+            raise failure
         return await real_publish(message)
 
     monkeypatch.setattr(broker, "publish", failing_once)
