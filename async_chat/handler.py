@@ -76,9 +76,12 @@ class ChatHandler:
         if not isinstance(content, str):
             raise InvalidRequest("content is required and must be a string")
         self._name("sender", sender)
-        size = len(content.encode("utf-8", "surrogatepass"))
-        if size > self.settings.max_content_bytes:
-            raise TooLarge(f"content is {size} bytes; the limit is {self.settings.max_content_bytes}")
+        limit = self.settings.max_content_bytes
+        # No code point takes more than 4 UTF-8 bytes: only content that might be over is encoded to count.
+        if len(content) * 4 > limit:
+            size = len(content.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                raise TooLarge(f"content is {size} bytes; the limit is {limit}")
         client_msg_id = message.client_msg_id or None
         if client_msg_id is not None:
             self._name("client_msg_id", client_msg_id)

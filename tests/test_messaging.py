@@ -198,3 +198,11 @@ async def test_seq_and_time_sent_by_a_client_are_ignored(client: ChatClient) -> 
     [stored] = await client.history("general", 0, 10)
     assert seq == stored.seq == 1
     assert stored.sent_at_ms > 1
+
+
+async def test_content_limit_counts_utf8_bytes_not_characters(client: ChatClient) -> None:
+    limit = 64 * 1024
+    assert await client.publish(Message(sender="s", content="x" * limit)) == 1
+    assert await client.publish(Message(sender="s", content="é" * (limit // 2))) == 2  # 2 bytes each: exactly full
+    with pytest.raises(TooLarge, match=f"{limit + 1} bytes"):
+        await client.publish(Message(sender="s", content="é" * (limit // 2) + "x"))
