@@ -99,6 +99,8 @@ class Hub:
         self.state = HubState.NEW
         self.dropped_total = 0
         self.expired_total = 0
+        self.polls_waiting = 0
+        """Long-polls currently waiting for a message."""
 
     def __repr__(self) -> str:
         return (
@@ -216,6 +218,7 @@ class Hub:
                 if not messages and wait > 0 and self.state is HubState.RUNNING and sub.id in self._subs:
                     loop = asyncio.get_running_loop()
                     sub.waiter = loop.create_future()
+                    self.polls_waiting += 1
                     try:
                         async with asyncio.timeout(wait):
                             await sub.waiter
@@ -223,6 +226,7 @@ class Hub:
                         pass
                     finally:
                         sub.waiter = None
+                        self.polls_waiting -= 1
                     messages = await self._collect(sub, max_messages)
             finally:
                 sub.last_active = self._clock()

@@ -11,6 +11,8 @@ from async_chat import Message, NoSuchSubscription, Unavailable
 from async_chat.brokers.memory import MemoryBroker
 from async_chat.hub import Hub, HubLimits
 
+from .conftest import wait_until
+
 
 class Clock:
     def __init__(self) -> None:
@@ -85,7 +87,7 @@ async def test_expiry_spares_a_subscription_inside_a_poll(hub: Hub, clock: Clock
     idle = await hub.subscribe("r", 0)
     busy = await hub.subscribe("r", 0)
     poll = asyncio.create_task(hub.poll(busy.subscription_id, 10, 30))
-    await asyncio.sleep(0)  # the poll task takes its lock and starts waiting
+    await wait_until(lambda: hub.polls_waiting == 1)
     clock.now += 11
     assert hub.reap() == 1
     with pytest.raises(NoSuchSubscription):
@@ -98,7 +100,7 @@ async def test_polls_on_one_subscription_are_served_one_at_a_time(hub: Hub) -> N
     sub = await hub.subscribe("r", 0)
     first = asyncio.create_task(hub.poll(sub.subscription_id, 1, 30))
     second = asyncio.create_task(hub.poll(sub.subscription_id, 1, 30))
-    await asyncio.sleep(0)
+    await wait_until(lambda: hub.polls_waiting == 1)  # the first waits; the second queues on its lock
     await publish(hub, 2)
     batches = await asyncio.wait_for(asyncio.gather(first, second), 5)
     assert sorted(m.seq for b in batches for m in b.messages) == [1, 2]
@@ -140,7 +142,7 @@ async def test_room_limit_refuses_new_rooms_but_serves_existing_ones(clock: Cloc
 async def test_closing_wakes_polls_and_refuses_publishes(hub: Hub) -> None:
     sub = await hub.subscribe("r", 0)
     poll = asyncio.create_task(hub.poll(sub.subscription_id, 10, 30))
-    await asyncio.sleep(0)
+    await wait_until(lambda: hub.polls_waiting == 1)
     hub.begin_shutdown()
     batch = await asyncio.wait_for(poll, 5)
     assert batch.messages == []
