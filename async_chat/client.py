@@ -29,7 +29,7 @@ from thriftpy2.contrib.aio.socket import StreamHandler
 from thriftpy2.thrift import TApplicationException, TException
 from thriftpy2.transport import TTransportException
 
-from .contract import DEFAULT_ROOM, PROTOCOLS, TRANSPORTS, ChatService, Message, WireChatError
+from .contract import DEFAULT_ROOM, ChatService, Message, WireChatError
 from .errors import (
     CallTimeout,
     ChatError,
@@ -39,6 +39,7 @@ from .errors import (
     ServerError,
     Unavailable,
 )
+from .wire import Dialect
 
 logger = logging.getLogger(__name__)
 
@@ -102,17 +103,12 @@ class ChatClient(AsyncResource):
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
-        if transport not in TRANSPORTS or protocol not in PROTOCOLS:
-            raise ValueError(
-                f"transport must be one of {sorted(TRANSPORTS)} and protocol one of {sorted(PROTOCOLS)}"
-            )
+        self.dialect = Dialect(transport, protocol)  # raises ValueError for a name it does not know
         self.host, self.port = host, port
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.retries = retries
-        self._trans_factory = TRANSPORTS[transport]()
-        self._proto_factory = PROTOCOLS[protocol]()
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: deque[_Conn] = deque()
         self._streams: set[MessageStream] = set()
@@ -218,8 +214,8 @@ class ChatClient(AsyncResource):
         except (TimeoutError, OSError) as exc:
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise Unavailable(f"cannot connect to {self.host}:{self.port}: {reason}") from None
-        trans = self._trans_factory.get_transport(StreamHandler(reader, writer))
-        return _Conn(reader, writer, TAsyncClient(ChatService, self._proto_factory.get_protocol(trans)))
+        protocol = self.dialect.protocol_on(StreamHandler(reader, writer))
+        return _Conn(reader, writer, TAsyncClient(ChatService, protocol))
 
     def _take_idle(self) -> _Conn | None:
         while self._idle:

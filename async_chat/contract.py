@@ -11,10 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import thriftpy2
-from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
-from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocolFactory
-from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
-from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
 
 IDL_PATH = Path(__file__).with_name("chat.thrift")
 """Where the contract lives in the installed package (a copy of chat.thrift at the repository root)."""
@@ -30,8 +26,3 @@ WireChatError: Any = chat_thrift.ChatError
 
 DEFAULT_ROOM = "general"
 
-TRANSPORTS: dict[str, type[Any]] = {"buffered": TAsyncBufferedTransportFactory, "framed": TAsyncFramedTransportFactory}
-"""The wire transports, by the name the CLI and ChatClient take; server and client must use the same."""
-
-PROTOCOLS: dict[str, type[Any]] = {"binary": TAsyncBinaryProtocolFactory, "compact": TAsyncCompactProtocolFactory}
-"""The wire protocols, by name (binary is strict binary, what Apache's clients write by default)."""

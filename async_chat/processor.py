@@ -45,6 +45,7 @@ class ChatProcessor:
     async def answer(self, oprot: Any, api: str, seqid: int, result: Any, call: Any) -> None:
         if isinstance(result, TApplicationException):  # unknown method: thriftpy2 built the answer
             logger.info("unknown method %r called", api)
+            result.message = f"unknown method {api!r}"
             await self.send_exception(oprot, api, result, seqid)
             return
         try:

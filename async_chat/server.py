@@ -8,6 +8,8 @@ behaviours replaced, each for a reason from THRIFTPY2.md:
   times per timeout, rather than a timer armed and cancelled around every call.
 - Its listening socket sets SO_REUSEPORT, so a second server on a busy port silently shares it. We bind
   our own socket without it: a port in use is an error.
+- Its transport and protocol are fixed per server. We tell each connection's from its first bytes
+  (`wire.detect`), so one port serves buffered and framed, binary (strict or not) and compact clients.
 - An undeclared exception drops the connection without a reply. `ChatProcessor` answers every call.
 - `init_server()` cannot run inside a running loop and `close()` does not drain. `ChatServer` starts
   inside the caller's loop, tracks its connections, and on close stops accepting, wakes long-polls,
@@ -33,8 +35,9 @@ from thriftpy2.rpc import make_aio_server  # type: ignore[attr-defined]
 from thriftpy2.transport import TTransportException
 
 from . import settings as settings_module
+from . import wire
 from .brokers import open_broker
-from .contract import PROTOCOLS, TRANSPORTS, ChatService
+from .contract import ChatService
 from .errors import ChatError
 from .handler import ChatHandler
 from .hub import Hub, HubLimits
@@ -73,11 +76,25 @@ class _Connection:
         self.calls = 0
         self.peer = _format_peer(writer.get_extra_info("peername"))
         self.shutdown_cancel = False
+        self.dialect: wire.Dialect | None = None
+        self._unread = b""
 
     def __repr__(self) -> str:
-        return f"<Connection {self.peer} [{self.state.name}, calls={self.calls}]>"
+        return f"<Connection {self.peer} {self.dialect or '?'} [{self.state.name}, calls={self.calls}]>"
+
+    async def read_head(self) -> bytes:
+        """The first bytes of the first call, enough for `wire.detect`; later reads return them again."""
+        head = await self.reader.readexactly(1)
+        self.state = ConnectionState.READING
+        if wire.needs_more(head):
+            head += await self.reader.readexactly(wire.HEAD_SIZE - 1)
+        self._unread = head
+        return head
 
     async def read(self, sz: int) -> bytes:
+        if self._unread:
+            data, self._unread = self._unread[:sz], self._unread[sz:]
+            return data
         data = await self.reader.read(sz)
         if not data:
             raise TTransportException(type=TTransportException.END_OF_FILE, message="peer closed the connection")
@@ -110,8 +127,6 @@ class ChatServer(AsyncResource):
         self._sweeper: asyncio.Task[None] | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
         self._processor: ChatProcessor | None = None
-        self._trans_factory = TRANSPORTS[self.settings.transport]()
-        self._proto_factory = PROTOCOLS[self.settings.protocol]()
         self.host = self.settings.host
         self.port = self.settings.port
         self.connections_total = 0
@@ -152,8 +167,6 @@ class ChatServer(AsyncResource):
                 handler,
                 host=s.host,
                 port=self.port,
-                proto_factory=self._proto_factory,
-                trans_factory=self._trans_factory,
                 client_timeout=None,
                 loop=asyncio.get_running_loop(),
             )
@@ -220,10 +233,12 @@ class ChatServer(AsyncResource):
             return
         self._connections[task] = conn
         self.connections_total += 1
-        trans = self._trans_factory.get_transport(conn)
-        prot = self._proto_factory.get_protocol(trans)
         processor = self._processor
         try:
+            conn.dialect = dialect = self._dialect_of(await conn.read_head(), conn)
+            if dialect is None:
+                return
+            prot = dialect.protocol_on(conn)
             while self.state is ServerState.SERVING:
                 conn.state = ConnectionState.IDLE
                 conn.idle_since = time.monotonic()
@@ -243,6 +258,20 @@ class ChatServer(AsyncResource):
         finally:
             self._connections.pop(task, None)
             conn.close()
+
+    def _dialect_of(self, head: bytes, conn: _Connection) -> wire.Dialect | None:
+        """The dialect `head` begins, if this server takes it; else None, logged once for the connection."""
+        s = self.settings
+        dialect = wire.detect(head)
+        if dialect is None:
+            logger.warning("refusing %r: its first bytes %s are not a Thrift call%s", conn, head.hex(" "), _hint(head))
+        elif not dialect.allowed_by(s.transport, s.protocol):
+            logger.warning(
+                "refusing %r: it speaks %s, this server takes --transport %s --protocol %s",
+                conn, dialect, s.transport, s.protocol,
+            )
+            dialect = None
+        return dialect
 
     def _close_idle(self) -> None:
         """Close connections that have waited `idle_timeout` for their next call to arrive."""
@@ -268,6 +297,15 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _hint(head: bytes) -> str:
+    """What a refused connection probably is, for the log line."""
+    if head[:2] == b"\x16\x03":
+        return " (a TLS handshake: this server speaks plain TCP)"
+    if head[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"PRI "):
+        return " (an HTTP request)"
+    return ""
 
 
 def _format_peer(peer: Any) -> str:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from . import contract
+from . import wire
 from .brokers import SCHEMES
 from .errors import InvalidRequest
 
-TRANSPORTS = tuple(contract.TRANSPORTS)
-PROTOCOLS = tuple(contract.PROTOCOLS)
+TRANSPORTS = (wire.AUTO, *wire.TRANSPORTS)
+PROTOCOLS = (wire.AUTO, *wire.PROTOCOLS)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -29,8 +29,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 9090
     broker: str = "memory://"
-    transport: str = "buffered"
-    protocol: str = "binary"
+    transport: str = wire.AUTO
+    protocol: str = wire.AUTO
     history: int = 1000
     queue_size: int = 1000
     subscription_ttl: float = 60.0
@@ -102,8 +102,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("host", "address to listen on; 0.0.0.0 or :: to accept other machines"),
     Option("port", "TCP port to listen on; 0 picks a free one (the start-up log line says which)"),
     Option("broker", "where rooms live: memory:// (this process only)"),
-    Option("transport", "Thrift transport every client must use", TRANSPORTS),
-    Option("protocol", "Thrift protocol every client must use", PROTOCOLS),
+    Option("transport", "Thrift transport clients may use; auto tells each connection's own", TRANSPORTS),
+    Option("protocol", "Thrift protocol clients may use; auto takes binary (strict or not) and compact", PROTOCOLS),
     Option("history", "messages each room retains for replay and history(); 0 keeps none"),
     Option("queue_size", "messages buffered per subscription; past it the oldest is dropped and counted as missed"),
     Option("subscription_ttl", "seconds a subscription may go unpolled before it expires and frees its queue"),

@@ -70,18 +70,45 @@ async def test_unknown_method_gets_unknown_method_and_the_connection_lives(serve
         with pytest.raises(TApplicationException) as refused:
             await raw.client.fromTheFuture(7)
         assert refused.value.type == TApplicationException.UNKNOWN_METHOD
+        assert refused.value.message == "unknown method 'fromTheFuture'"
         await raw.client.sendMessage(newer.Message(sender="s", content="still here"))
     assert server.connections_total == 1
 
 
-async def test_garbage_closes_only_that_connection(server: ChatServer, client: ChatClient) -> None:
+@pytest.mark.parametrize(
+    ("first_bytes", "hint"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "47 45 54 20 2f are not a Thrift call (an HTTP request)"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "16 03 01 02 00 are not a Thrift call (a TLS handshake"),
+        (b"\xff\xff\xff\xf0\x80\x01\x00\x01", "ff ff ff f0 80 are not a Thrift call"),  # a negative frame length
+        (b"\x00\x00\x00\x05\x07garbage", "00 00 00 05 07 are not a Thrift call"),
+    ],
+    ids=["http", "tls", "negative-frame", "binary-junk"],
+)
+async def test_what_is_not_thrift_is_refused_with_a_log_line_and_others_are_served(
+    server: ChatServer, client: ChatClient, caplog: pytest.LogCaptureFixture, first_bytes: bytes, hint: str
+) -> None:
     reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        writer.write(first_bytes)
+        await writer.drain()
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # the server closed it
+    finally:
+        writer.close()
+    assert hint in caplog.text
+    assert await client.publish(Message(sender="s", content="others are fine")) == 1
+
+
+async def test_a_client_that_stops_inside_its_first_bytes_is_closed_as_idle(make_server: ServerFactory) -> None:
+    server = await make_server(idle_timeout=0.3, max_poll_wait_ms=100)
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    writer.write(b"\x00\x00")  # two bytes of a frame length, then nothing
     await writer.drain()
     async with asyncio.timeout(5):
-        assert await reader.read() == b""  # the server closed it
+        assert await reader.read() == b""
     writer.close()
-    assert await client.publish(Message(sender="s", content="others are fine")) == 1
+    await wait_until(lambda: server.connection_count == 0)
 
 
 async def test_graceful_shutdown_answers_polls_in_flight(make_server: ServerFactory) -> None:

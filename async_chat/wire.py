@@ -1,0 +1,126 @@
+"""Wire dialects: which Thrift transport and protocol a connection speaks, told from its first bytes.
+
+Clients in the wild speak four combinations (buffered or framed, binary or compact), plus binary without
+a version header from old clients. A server that made its operator pick one would turn the others away
+with a confusing decode error, so the server reads a connection's first five bytes and picks for it:
+
+    80 ..            buffered, strict binary   (version word 0x8001 0000 | message type)
+    82 ..            buffered, compact         (protocol id 0x82)
+    LL LL LL LL 80   framed, strict binary     (a 4-byte frame length, 1..16 MiB, then as above)
+    LL LL LL LL 82   framed, compact
+    LL LL LL LL 00   framed, non-strict binary (the frame holds a 4-byte method-name length, high byte 0)
+    00 00 00 NN a    buffered, non-strict binary (a name length, then the name's first letter)
+
+Anything else is not Thrift we can read. A non-strict client is answered non-strict, as it writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
+from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocol
+from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
+from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
+
+TRANSPORTS = ("buffered", "framed")
+"""The transports a client may choose (the server also takes "auto": any of them)."""
+
+PROTOCOLS = ("binary", "compact")
+"""The protocols a client may choose (the server also takes "auto": any of them)."""
+
+AUTO = "auto"
+
+HEAD_SIZE = 5
+"""Bytes the longest decision needs; every Thrift call is longer than this."""
+
+MAX_FIRST_FRAME = 16 * 1024 * 1024
+"""A first frame claiming more than this is not a chat call: a TLS handshake (16 03 01 02 00) would
+otherwise pass for a 352 MiB frame of non-strict binary."""
+
+_STRICT_BINARY = 0x80
+_COMPACT = 0x82
+_NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+
+_TRANSPORT_FACTORIES: dict[str, Any] = {
+    "buffered": TAsyncBufferedTransportFactory(),
+    "framed": TAsyncFramedTransportFactory(),
+}
+
+
+class _NonStrictBinaryProtocol(TAsyncBinaryProtocol):
+    """Binary that also reads messages without a version header.
+
+    thriftpy2 returns such a message's method name as bytes (its strict path decodes it), which no
+    method matches and which its reply writer cannot encode; decode it here.
+    """
+
+    def __init__(self, trans: Any) -> None:
+        super().__init__(trans, strict_read=False, strict_write=False)  # type: ignore[no-untyped-call]
+
+    async def read_message_begin(self) -> tuple[str, int, int]:  # type: ignore[override]  # the aio base is async
+        name, kind, seqid = await super().read_message_begin()  # type: ignore[no-untyped-call]
+        if isinstance(name, bytes):
+            name = name.decode("utf-8")
+        return name, kind, seqid
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """One transport and protocol pairing; `strict` is False only for binary without a version header."""
+
+    transport: str = "buffered"
+    protocol: str = "binary"
+    strict: bool = True
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS or self.protocol not in PROTOCOLS:
+            raise ValueError(
+                f"transport must be one of {', '.join(TRANSPORTS)} and protocol one of {', '.join(PROTOCOLS)},"
+                f" not {self.transport!r} and {self.protocol!r}"
+            )
+
+    def __str__(self) -> str:
+        return f"{self.transport}/{self.protocol}" + ("" if self.strict else " (non-strict)")
+
+    def protocol_on(self, stream: Any) -> Any:
+        """A thriftpy2 aio protocol over `stream` (anything with StreamHandler's read/write/flush/close)."""
+        trans = _TRANSPORT_FACTORIES[self.transport].get_transport(stream)
+        if self.protocol == "compact":
+            return TAsyncCompactProtocol(trans)
+        return TAsyncBinaryProtocol(trans) if self.strict else _NonStrictBinaryProtocol(trans)
+
+    def allowed_by(self, transport: str, protocol: str) -> bool:
+        """Whether a server configured with `transport` and `protocol` (each maybe "auto") serves this."""
+        return transport in (AUTO, self.transport) and protocol in (AUTO, self.protocol)
+
+
+def needs_more(head: bytes) -> bool:
+    """Whether `head` is too short for `detect`: one byte tells buffered calls, framed ones need five."""
+    return len(head) < HEAD_SIZE and (not head or head[0] not in (_STRICT_BINARY, _COMPACT))
+
+
+def detect(head: bytes) -> Dialect | None:
+    """The dialect whose call begins with `head`, or None if no Thrift client we serve writes that."""
+    if not head:
+        return None
+    if head[0] == _STRICT_BINARY:
+        return Dialect("buffered", "binary")
+    if head[0] == _COMPACT:
+        return Dialect("buffered", "compact")
+    if len(head) < HEAD_SIZE:
+        return None
+    length = int.from_bytes(head[:4], "big", signed=True)
+    if not 0 < length <= MAX_FIRST_FRAME:
+        return None
+    fifth = head[4]
+    if fifth == _STRICT_BINARY:
+        return Dialect("framed", "binary")
+    if fifth == _COMPACT:
+        return Dialect("framed", "compact")
+    if fifth == 0:
+        return Dialect("framed", "binary", strict=False)
+    if fifth in _NAME_START:
+        return Dialect("buffered", "binary", strict=False)
+    return None
