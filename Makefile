@@ -1,18 +1,20 @@
 # The two commands of the README: `make run` starts a server, `make test` runs every check.
 # Both set up what they need first: a virtualenv in .venv with the package and its test extras, and
-# (for the tests) Apache Thrift's compiler from Debian's packages when it is missing.
+# (for the tests) Apache Thrift's compiler and Node.js from Debian's packages when they are missing,
+# and the npm packages of the Node example (examples/node, from its lock file).
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
+NODE_EXAMPLE := examples/node
 
 .PHONY: run test lint typecheck pytest system-deps clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m async_chat.server $(ARGS)
 
-test: system-deps $(VENV)/.installed lint typecheck pytest
+test: system-deps $(VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed lint typecheck pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -30,17 +32,27 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# System tools the tests drive for real: Apache Thrift's compiler (interop with generated clients).
+# System tools the tests drive for real: Apache Thrift's compiler (code generated for Python and Node)
+# and Node.js with npm (the Node client). Each is a command and the Debian package that provides it.
+SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm
+
 system-deps:
-	@if ! command -v thrift >/dev/null 2>&1; then \
+	@missing=""; for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing thrift-compiler from Debian's packages"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq thrift-compiler >/dev/null; \
+	    echo "installing from Debian's packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "missing: the 'thrift' compiler. Install it (Debian/Ubuntu: sudo apt-get install thrift-compiler) and rerun." >&2; \
+	    echo "missing Debian packages:$$missing. Install them (sudo apt-get install$$missing) and rerun." >&2; \
 	    exit 1; \
 	  fi; \
 	fi
 
+$(NODE_EXAMPLE)/node_modules/.installed: $(NODE_EXAMPLE)/package-lock.json
+	cd $(NODE_EXAMPLE) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info $(NODE_EXAMPLE)/node_modules

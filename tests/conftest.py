@@ -13,10 +13,26 @@ import uvloop
 from async_chat import ChatClient, ChatServer, Settings
 
 LOOPBACK = "127.0.0.1"
+CLASSIC_IDL = """
+struct Message {
+    1: required string sender,
+    2: required string content
+}
+
+service ChatService {
+    void sendMessage(1: Message message)
+}
+"""
+"""The article's contract, as old clients were generated from it."""
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """Every async test runs on uvloop (what the CLI runs) and on asyncio's own loop (what apps may embed in)."""
+    """Every async test runs on uvloop (what the CLI runs) and on asyncio's own loop (what apps may embed in).
+
+    Tests marked `one_loop` (where a foreign process is the subject, not our loop) run on uvloop only.
+    """
+    if item.get_closest_marker("one_loop"):
+        return {"uvloop": uvloop.new_event_loop}
     return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
 
 
@@ -67,17 +83,15 @@ class RawConnection:
 
 
 @contextlib.asynccontextmanager
-async def raw_connection(port: int, service: Any = None) -> AsyncIterator[Any]:
+async def raw_connection(port: int, service: Any = None, dialect: Any = None) -> AsyncIterator[Any]:
     from thriftpy2.contrib.aio.client import TAsyncClient
-    from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocolFactory
     from thriftpy2.contrib.aio.socket import StreamHandler
-    from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
 
     from async_chat.contract import ChatService
+    from async_chat.wire import Dialect
 
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
-    trans = TAsyncBufferedTransportFactory().get_transport(StreamHandler(reader, writer))
-    protocol = TAsyncBinaryProtocolFactory().get_protocol(trans)
+    protocol = (dialect or Dialect()).protocol_on(StreamHandler(reader, writer))
     conn = RawConnection(reader, writer, TAsyncClient(service or ChatService, protocol))
     try:
         yield conn

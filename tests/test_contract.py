@@ -1,33 +1,23 @@
-"""The contract: the IDL's names, and clients built only from the classic two-field contract."""
+"""The contract: the IDL's names, a thriftpy2 client of the classic two-field contract, the packaged IDL.
+
+Apache's generated clients and servers are in test_interop."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 import thriftpy2
 
 from async_chat import IDL_PATH, ChatClient, ChatServer, ErrorCode
 from async_chat.contract import chat_thrift
 
-from .conftest import LOOPBACK
+from .conftest import CLASSIC_IDL, LOOPBACK
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASSIC_IDL = """
-struct Message {
-    1: required string sender,
-    2: required string content
-}
-
-service ChatService {
-    void sendMessage(1: Message message)
-}
-"""
 
 
 def test_idl_keeps_the_classic_contract_and_adds_only_optional_fields() -> None:
@@ -70,48 +60,6 @@ async def test_classic_thriftpy2_client_sends_and_subscribers_get_seqs(server: C
             got = [await anext(stream) for _ in range(3)]
     assert [(m.sender, m.content, m.room, m.seq) for m in got] == [
         ("Alice", f"Hello, World! {i}", "general", i + 1) for i in range(3)
-    ]
-
-
-def _apache_codegen(idl_text: str, where: Path) -> Path:
-    thrift = shutil.which("thrift")
-    if thrift is None:
-        pytest.fail("Apache Thrift's compiler is missing: `make test` installs it (Debian package thrift-compiler)")
-    (where / "chat.thrift").write_text(idl_text)
-    out = where / "gen-py"
-    out.mkdir()
-    subprocess.run([thrift, "--gen", "py", "-out", str(out), str(where / "chat.thrift")], check=True, timeout=60)
-    return out
-
-
-async def _run_apache_client(gen: Path, port: int, mode: str) -> list[str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("apache_client.py")), str(gen), str(port), mode,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return out.decode().splitlines()
-
-
-async def test_apache_generated_classic_client_sends_and_subscribers_get_seqs(
-    server: ChatServer, tmp_path: Path
-) -> None:
-    gen = _apache_codegen(CLASSIC_IDL, tmp_path)
-    async with ChatClient(LOOPBACK, server.port) as client, client.subscribe() as stream:
-        assert await _run_apache_client(gen, server.port, "classic") == ["sent 3"]
-        async with asyncio.timeout(10):
-            got = [await anext(stream) for _ in range(3)]
-    assert [(m.sender, m.content, m.seq) for m in got] == [("Alice", f"Hello, World! {i}", i + 1) for i in range(3)]
-
-
-async def test_apache_generated_client_of_the_full_contract(server: ChatServer, tmp_path: Path) -> None:
-    gen = _apache_codegen((ROOT / "chat.thrift").read_text(), tmp_path)
-    assert await _run_apache_client(gen, server.port, "full") == [
-        "published seq=1",
-        "polled 1:typed missed=0",
-        "refused code=INVALID",
     ]
 
 
