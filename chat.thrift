@@ -9,7 +9,9 @@
  *
  * talks to this server unchanged. Everything else here is optional fields, new types and new methods.
  *
- * Default wire: TBufferedTransport + TBinaryProtocol (strict), TCP port 9090.
+ * Wire: TCP port 9090 by default. The server tells each connection's transport (buffered or framed) and
+ * protocol (binary, strict or not, or compact) from its first bytes, so any pairing works; the classic
+ * one is TBufferedTransport + TBinaryProtocol.
  *
  * Delivery model, for client authors in any language:
  *   - Every room has its own sequence: seq 1, 2, 3, ... assigned by the server, strictly increasing,
