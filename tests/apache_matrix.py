@@ -1,10 +1,10 @@
 """One cell of the interop matrix: Apache's Python library and generated code against a running server.
 
 Run as its own process, as any foreign client is:
-    python apache_matrix.py GEN_DIR PORT ROOM TRANSPORT PROTOCOL [--non-strict]
-GEN_DIR holds `thrift --gen py` output: of chat.thrift (MODE full, the default) or of the classic
-two-field contract (TRANSPORT classic: the article's client, sendMessage only). Prints one JSON object
-of what happened, which the test compares with what must happen.
+    python apache_matrix.py GEN_DIR PORT ROOM TRANSPORT PROTOCOL [--non-strict] [--classic]
+GEN_DIR holds `thrift --gen py` output: of chat.thrift, or with --classic of the article's two-field
+contract (sendMessage only; ROOM is then unused). Prints one JSON object of what happened, which the
+test compares with what must happen.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 gen_dir, port, room, transport, protocol = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 strict = "--non-strict" not in sys.argv
+classic = "--classic" in sys.argv
 sys.path[:0] = [gen_dir, str(Path(__file__).resolve().parent.parent / "examples")]
 
 from apache_client import connect  # examples/apache_client.py: the connection code users copy
@@ -42,10 +43,10 @@ def unknown_method(client: Any) -> dict[str, Any]:
 
 def main() -> dict[str, Any]:
     options = {} if strict else {"strictRead": False, "strictWrite": False}
-    if transport == "classic":  # the article's client: buffered binary, two fields, sendMessage only
-        client = connect("127.0.0.1", port)
+    if classic:  # the article's client: two fields, sendMessage only
+        client = connect("127.0.0.1", port, transport, protocol, **options)
         client.sendMessage(Message(sender="Alice", content="Hello, World!"))
-        return {"sendMessage": "ok"}
+        return {"sendMessage": "ok", "unknown method": unknown_method(client)["type"]}
     reader = connect("127.0.0.1", port, transport, protocol, **options)
     writer = connect("127.0.0.1", port, transport, protocol, **options)
     result: dict[str, Any] = {}

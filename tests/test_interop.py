@@ -124,13 +124,20 @@ async def test_apache_python_client(
     }
 
 
+@pytest.mark.parametrize(
+    ("transport", "protocol"),
+    [(t, p) for t in ("buffered", "framed") for p in ("binary", "accelerated", "compact")],
+)
 async def test_apache_classic_client_reaches_subscribers(
-    server: ChatServer, client: ChatClient, gen_py_classic: Path
+    server: ChatServer, client: ChatClient, gen_py_classic: Path, transport: str, protocol: str
 ) -> None:
     async with client.subscribe() as stream:
-        await run(sys.executable, str(MATRIX), str(gen_py_classic), str(server.port), "-", "classic", "-")
+        [line] = await run(
+            sys.executable, str(MATRIX), str(gen_py_classic), str(server.port), "-", transport, protocol, "--classic"
+        )
         async with asyncio.timeout(10):
             got = await anext(stream)
+    assert json.loads(line) == {"sendMessage": "ok", "unknown method": UNKNOWN_METHOD}
     assert (got.sender, got.content, got.room, got.seq) == ("Alice", "Hello, World!", "general", 1)
 
 
