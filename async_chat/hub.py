@@ -1,9 +1,10 @@
 """The hub: subscriptions, their bounded queues, long-polls, replay and missed counts.
 
 Data flows one way: handler -> hub.publish -> broker (assigns seq, stores) -> hub._deliver -> each
-subscriber's queue -> poll. A publisher never waits on a subscriber: `_deliver` only appends to bounded
-deques. When a queue is full the oldest message is dropped and counted into that subscriber's `missed`,
-which the next poll reports (then resets): loss is never silent.
+subscriber's queue -> poll. The broker delivers the rooms the hub watches (those with subscribers here).
+A publisher never waits on a subscriber: `_deliver` only appends to bounded deques. When a queue is full
+the oldest message is dropped and counted into that subscriber's `missed`, which the next poll reports
+(then resets): loss is never silent.
 
 A subscription is a cursor (`cursor`, the next seq it owes the client) over two sources: the room's
 history for seqs before `live_start` (a replay), then its live queue. A subscription nobody polls for
@@ -174,6 +175,7 @@ class Hub:
         self._subs[sub.id] = sub
         self._rooms.setdefault(room, set()).add(sub)
         try:
+            await self.broker.watch(room)
             next_seq = await self.broker.next_seq(room)
         except BaseException:
             self._remove(sub)
@@ -203,6 +205,7 @@ class Hub:
             members.discard(sub)
             if not members:
                 del self._rooms[sub.room]
+                self.broker.unwatch(sub.room)
         sub.queue.clear()
         sub.wake()
 
@@ -237,7 +240,10 @@ class Hub:
         out: list[Any] = []
         if sub.cursor < sub.live_start:
             want = min(max_messages, sub.live_start - sub.cursor)
-            page = [m for m in await self.broker.history(sub.room, sub.cursor, want) if m.seq < sub.live_start]
+            try:
+                page = [m for m in await self.broker.history(sub.room, sub.cursor, want) if m.seq < sub.live_start]
+            except Unavailable:
+                return out  # the broker is away: an empty batch now, the replay resumes when it is back
             first = page[0].seq if page else sub.live_start
             if first > sub.cursor:
                 sub.missed += first - sub.cursor  # history no longer reaches back that far
@@ -249,6 +255,9 @@ class Hub:
             while queue and len(out) < max_messages:
                 message = queue.popleft()
                 if message.seq >= sub.cursor:
+                    # A seq the broker never delivered (lost with a failed Redis, or trimmed before this
+                    # node read it) is a gap: count it, never skip it silently.
+                    sub.missed += message.seq - sub.cursor
                     out.append(message)
                     sub.cursor = message.seq + 1
         return out

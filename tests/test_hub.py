@@ -148,3 +148,27 @@ async def test_closing_wakes_polls_and_refuses_publishes(hub: Hub) -> None:
     assert batch.messages == []
     with pytest.raises(Unavailable):
         await publish(hub, 1)
+
+
+async def test_a_seq_the_broker_never_delivered_is_counted_as_missed(hub: Hub) -> None:
+    """A Redis broker may lose a message before this node reads it: the gap must reach the client."""
+    sub = await hub.subscribe("r", 0)
+    hub._deliver(Message(sender="s", content="a", room="r", seq=1))
+    hub._deliver(Message(sender="s", content="d", room="r", seq=4))  # 2 and 3 never arrive
+    batch = await hub.poll(sub.subscription_id, 10, 0)
+    assert ([m.seq for m in batch.messages], batch.missed, batch.next_seq) == ([1, 4], 2, 5)
+
+
+async def test_a_replay_the_broker_cannot_serve_now_is_an_empty_batch_not_an_error(hub: Hub) -> None:
+    await publish(hub, 3)
+    sub = await hub.subscribe("r", 1)
+
+    async def broker_away(room: str, from_seq: int, limit: int) -> list[Message]:
+        raise Unavailable("the broker is unreachable")
+
+    real_history, hub.broker.history = hub.broker.history, broker_away  # type: ignore[method-assign]
+    batch = await hub.poll(sub.subscription_id, 10, 0)
+    assert (batch.messages, batch.missed, batch.next_seq) == ([], 0, 1)
+    hub.broker.history = real_history  # type: ignore[method-assign]
+    batch = await hub.poll(sub.subscription_id, 10, 0)
+    assert [m.seq for m in batch.messages] == [1, 2, 3]
