@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` starts a server, `make test` runs every check.
 # Both set up what they need first: a virtualenv in .venv with the package and its test extras, and
-# (for the tests) Apache Thrift's compiler and Node.js from Debian's packages when they are missing,
+# (for the tests) Apache Thrift's compiler, Node.js and redis-server from Debian's packages when missing,
 # and the npm packages of the Node example (examples/node, from its lock file).
 
 PYTHON ?= python3
@@ -32,9 +32,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-# System tools the tests drive for real: Apache Thrift's compiler (code generated for Python and Node)
-# and Node.js with npm (the Node client). Each is a command and the Debian package that provides it.
-SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm
+# System tools the tests drive for real: Apache Thrift's compiler (code generated for Python and Node),
+# Node.js with npm (the Node client) and redis-server (the Redis broker; the tests start their own).
+# Each is a command and the Debian package that provides it.
+SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm redis-server:redis-server
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \

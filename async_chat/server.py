@@ -157,7 +157,7 @@ class ChatServer(AsyncResource):
         sock = _bind(s.host, s.port)
         try:
             self.port = sock.getsockname()[1]
-            broker = open_broker(s.broker, history=s.history, dedup_window=s.dedup_window, max_rooms=s.max_rooms)
+            broker = open_broker(s)
             hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions))
             await hub.start()
             self.hub = hub

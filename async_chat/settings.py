@@ -42,6 +42,8 @@ class Settings:
     max_subscriptions: int = 100_000
     max_rooms: int = 10_000
     dedup_window: int = 10_000
+    dedup_ttl: float = 600.0
+    broker_timeout: float = 2.0
     drain_timeout: float = 10.0
     log_level: str = "INFO"
 
@@ -65,7 +67,7 @@ class Settings:
             problems.append("history must be 0 or more")
         if self.max_poll_wait_ms < 0:
             problems.append("max-poll-wait-ms must be 0 or more")
-        for name in ("subscription_ttl", "drain_timeout"):
+        for name in ("subscription_ttl", "drain_timeout", "dedup_ttl", "broker_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.replace('_', '-')} must be more than 0")
         # A connection waiting in the longest poll must not be cut as idle; nor may its subscription expire.
@@ -101,7 +103,11 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("host", "address to listen on; 0.0.0.0 or :: to accept other machines"),
     Option("port", "TCP port to listen on; 0 picks a free one (the start-up log line says which)"),
-    Option("broker", "where rooms live: memory:// (this process only)"),
+    Option(
+        "broker",
+        "where rooms live: memory:// (this process only), or redis://[:password@]host:port/db (rediss:// for TLS)"
+        " shared by every server on that Redis",
+    ),
     Option("transport", "Thrift transport clients may use; auto tells each connection's own", TRANSPORTS),
     Option("protocol", "Thrift protocol clients may use; auto takes binary (strict or not) and compact", PROTOCOLS),
     Option("history", "messages each room retains for replay and history(); 0 keeps none"),
@@ -114,7 +120,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_name_length", "longest sender, room or client_msg_id, in characters (TOO_LARGE beyond)"),
     Option("max_subscriptions", "subscriptions the server holds at once (UNAVAILABLE beyond)"),
     Option("max_rooms", "rooms the server keeps (a publish opening one more is refused: UNAVAILABLE)"),
-    Option("dedup_window", "client_msg_ids remembered per room for deduplicating retried sends"),
+    Option("dedup_window", "client_msg_ids the memory broker remembers per room, to store a retried send once"),
+    Option("dedup_ttl", "seconds the Redis broker remembers a client_msg_id, to store a retried send once"),
+    Option("broker_timeout", "seconds a Redis call may take before the call fails UNAVAILABLE (never a hang)"),
     Option("drain_timeout", "seconds a graceful shutdown waits for calls in flight"),
     Option("log_level", "log verbosity", LOG_LEVELS),
 )

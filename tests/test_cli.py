@@ -18,38 +18,9 @@ from async_chat import ChatClient, Message, Settings
 from async_chat.settings import OPTIONS
 
 from .conftest import LOOPBACK
+from .processes import ServerProcess, start_server
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-class ServerProcess:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: list[str]) -> None:
-        self.proc, self.port, self.log = proc, port, log
-
-    async def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(sig)
-        async with asyncio.timeout(15):
-            assert self.proc.stderr is not None
-            self.log.extend((await self.proc.stderr.read()).decode().splitlines())
-            return await self.proc.wait()
-
-
-async def start_server(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "async_chat.server", "--host", LOOPBACK, "--port", "0", *args,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
-    )
-    assert proc.stderr is not None
-    log: list[str] = []
-    async with asyncio.timeout(20):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            if not line:
-                raise AssertionError("server exited before listening:\n" + "".join(log))
-            log.append(line.rstrip("\n"))
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                return ServerProcess(proc, int(found.group(1)), log)
 
 
 @pytest.fixture

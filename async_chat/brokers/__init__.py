@@ -1,21 +1,26 @@
 """Brokers: where messages get their seq, where history lives, and how messages reach every node's hub.
 
-A broker is chosen by URL (`memory://`, later `redis://`) and imported only when asked for, so the
-default install needs no Redis client. The hub is the broker's only caller: it publishes through
-`publish`, reads `history` and `next_seq` for replays, and receives every stored message (from any node)
-through the `deliver` callback, per room in seq order.
+A broker is chosen by URL (`memory://`, `redis://`, `rediss://`) and imported only when asked for, so
+the default install needs no Redis client. The hub is the broker's only caller: it publishes through
+`publish`, reads `history` and `next_seq` for replays, says which rooms it has subscribers in (`watch`,
+`unwatch`), and receives every stored message of a watched room (from any node) through the `deliver`
+callback, per room in increasing seq order. A seq the broker could not deliver (lost with a failed
+Redis, trimmed before this node read it) is simply absent: the hub counts such a gap as missed.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidRequest
 
-SCHEMES = ("memory",)
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+SCHEMES = ("memory", "redis", "rediss")
 """The broker URL schemes this version knows."""
 
 Deliver = Callable[[Any], None]
@@ -45,16 +50,33 @@ class Broker(abc.ABC):
     async def next_seq(self, room: str) -> int:
         """The seq the next message published to `room` will get (1 for a room never written)."""
 
+    async def watch(self, room: str) -> None:  # noqa: B027 - optional: a broker that delivers everything ignores it
+        """Deliver `room`'s messages from now on; returns once nothing published after it can be missed."""
+
+    def unwatch(self, room: str) -> None:  # noqa: B027 - optional, as watch
+        """This node has no subscriber left in `room`: its messages need not be delivered any more."""
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop delivering and release what the broker holds."""
 
 
-def open_broker(url: str, *, history: int, dedup_window: int, max_rooms: int) -> Broker:
-    """Build the broker a URL names; its module is imported only here, when asked for."""
+def open_broker(settings: Settings) -> Broker:
+    """Build the broker `settings.broker` names; its module is imported only here, when asked for."""
+    url = settings.broker
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         from .memory import MemoryBroker
 
-        return MemoryBroker(history=history, dedup_window=dedup_window, max_rooms=max_rooms)
+        return MemoryBroker(history=settings.history, dedup_window=settings.dedup_window, max_rooms=settings.max_rooms)
+    if scheme in ("redis", "rediss"):
+        from .redis import RedisBroker
+
+        return RedisBroker(
+            url,
+            history=settings.history,
+            dedup_ttl=settings.dedup_ttl,
+            timeout=settings.broker_timeout,
+            max_rooms=settings.max_rooms,
+        )
     raise InvalidRequest(f"unsupported broker URL {url!r}: expected one of {', '.join(s + '://' for s in SCHEMES)}")

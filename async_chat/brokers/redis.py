@@ -1,0 +1,399 @@
+"""The Redis broker: every server process on one Redis shares rooms, seqs, history and dedup.
+
+Layout in Redis, per room R (all keys under `async_chat:`):
+    room:{R}:seq     the room's counter (a string holding the last seq issued)
+    room:{R}:log     a Stream of the room's messages, entry id `<seq>-0`, capped at MAXLEN
+    dedup:...        one key per (room, sender, client_msg_id) holding its seq, expiring after dedup_ttl
+    epoch            a hash {id, resume_at}: which incarnation of the data this is
+
+Why it is built this way:
+- Seq, stream entry and dedup key are written by one Lua script, so a seq is assigned atomically and
+  gaplessly across nodes, and a publish is acknowledged only once Redis holds the message.
+- Each node reads the streams of the rooms it has subscribers in with one blocking XREAD on one
+  connection: one Redis subscription per node, never one per client. Reading the stream (not pub/sub)
+  delivers in seq order and resumes exactly where it stopped after a reconnect.
+- Redis may lose data (a restart without persistence, or an RDB snapshot older than the last writes).
+  Every node remembers the last seq it saw per room; after a loss it raises each room's counter to
+  at least that, so a seq is never issued twice and what was lost shows up as a gap, which subscribers
+  see as `missed`. The loss is detected by the epoch: whoever finds it missing or older than its own
+  starts a new one and holds publishes back for RESYNC_GRACE seconds so that every node re-seeds first.
+- Redis unreachable: publishes fail at once with UNAVAILABLE (bounded by `timeout` when Redis hangs),
+  polls of existing subscriptions return empty batches, the outage is logged once, and the reader
+  reconnects with backoff. redis-py's own retries are off: a retried publish script could store twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections import OrderedDict
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..contract import Message
+from ..errors import Unavailable
+from ..tasks import cancel_and_wait
+from . import Broker, Deliver
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "async_chat:"
+EPOCH_KEY = PREFIX + "epoch"
+DELIVERY_BACKLOG = 10_000
+"""Each stream keeps at least this many entries (more if --history asks), so a node that falls briefly
+behind still reads every message; history() still returns only the last --history of them."""
+READ_BLOCK_MS = 1000
+"""Longest blocking XREAD: the reader also notices a silent Redis within this (plus `timeout`)."""
+RESYNC_GRACE = 3.0
+"""Seconds publishes wait after a data loss is detected, for every node to re-seed the counters it
+knows; longer than the reader's longest reconnect backoff (RECONNECT_MAX)."""
+RECONNECT_MAX = 1.0
+
+_PUBLISH = """
+local e = redis.call('HMGET', KEYS[1], 'id', 'resume_at')
+if not e[1] or e[1] ~= ARGV[1] then return {'EPOCH'} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now < tonumber(e[2]) then return {'RESYNC', tonumber(e[2]) - now} end
+if KEYS[4] ~= '' then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return {'DUP', tonumber(prev)} end
+end
+local seq = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[2])
+if seq < floor then
+  seq = floor
+  redis.call('SET', KEYS[2], seq)
+end
+local fields = {'s', ARGV[3], 'c', ARGV[4], 't', now}
+if ARGV[5] ~= '' then
+  table.insert(fields, 'k')
+  table.insert(fields, ARGV[5])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], seq .. '-0', unpack(fields))
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[7]) end
+return {'OK', seq, now}
+"""
+"""KEYS: epoch, seq, log, dedup key or ''. ARGV: epoch id, floor, sender, content, client_msg_id,
+maxlen, dedup ttl ms. Replies OK seq now | DUP seq | RESYNC ms_left | EPOCH (this node must resync)."""
+
+_EPOCH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local id = redis.call('HGET', KEYS[1], 'id')
+if not id or ARGV[3] == '1' then
+  id = ARGV[1]
+  redis.call('HSET', KEYS[1], 'id', id, 'resume_at', now)
+end
+if ARGV[2] ~= '' and ARGV[2] ~= id then
+  local resume = now + tonumber(ARGV[4])
+  if tonumber(redis.call('HGET', KEYS[1], 'resume_at')) < resume then
+    redis.call('HSET', KEYS[1], 'resume_at', resume)
+  end
+end
+return id
+"""
+"""KEYS: epoch. ARGV: a fresh id, the epoch this node knew ('' if none), '1' to force a new epoch,
+grace ms. Returns the current epoch id; a node that knew another one delays publishes by the grace."""
+
+_RESEED = """
+local raised = 0
+for i, key in ipairs(KEYS) do
+  local floor = tonumber(ARGV[i])
+  local cur = tonumber(redis.call('GET', key) or '0')
+  if cur < floor then
+    redis.call('SET', key, floor)
+    raised = raised + 1
+  end
+end
+return raised
+"""
+"""KEYS: seq counters. ARGV: the last seq this node saw of each. Raises each to at least that; returns
+how many had fallen behind (Redis lost writes)."""
+
+
+def _seq_key(room: str) -> str:
+    return f"{PREFIX}room:{{{room}}}:seq"
+
+
+def _log_key(room: str) -> str:
+    return f"{PREFIX}room:{{{room}}}:log"
+
+
+def _dedup_key(room: str, sender: str, client_msg_id: str) -> str:
+    # Length-prefixed, so no choice of names can make two different triples share a key.
+    return f"{PREFIX}dedup:{len(room)}:{room}{len(sender)}:{sender}{client_msg_id}"
+
+
+class RedisBroker(Broker):
+    """Rooms in Redis, shared by every server process configured with the same URL."""
+
+    def __init__(self, url: str, *, history: int, dedup_ttl: float, timeout: float, max_rooms: int) -> None:
+        self.url = url
+        self._history = history
+        self._maxlen = max(history, DELIVERY_BACKLOG)
+        self._dedup_ttl_ms = max(int(dedup_ttl * 1000), 1)
+        self._timeout = timeout
+        self._max_rooms = max_rooms
+        self._redis = self._connect()
+        self._publish = self._redis.register_script(_PUBLISH)
+        self._epoch_script = self._redis.register_script(_EPOCH)
+        self._reseed = self._redis.register_script(_RESEED)
+        self._deliver: Deliver | None = None
+        self._epoch: str | None = None
+        self._resync_lock = asyncio.Lock()
+        self._known: OrderedDict[str, int] = OrderedDict()
+        """The last seq this node saw per room (bounded by max_rooms): the floor after a data loss."""
+        self._watched: dict[str, int] = {}
+        """Rooms the reader follows, each with the last seq delivered."""
+        self._watch_changed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._reader_id: int | None = None
+        self._reader_blocked = False
+        self.up = True
+        self._down_since = 0.0
+        self._outage = ""
+        self.outages = 0
+        self.reconnects = 0
+
+    def __repr__(self) -> str:
+        state = "up" if self.up else f"DOWN ({self._outage})"
+        return f"<RedisBroker {self._safe_url()} {state} watched={len(self._watched)} epoch={self._epoch}>"
+
+    def _connect(self, **options: Any) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            self.url,
+            decode_responses=True,
+            socket_timeout=options.pop("socket_timeout", self._timeout),
+            socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),
+            **options,
+        )
+
+    def _safe_url(self) -> str:
+        """The URL without its password, for logs."""
+        _credentials, sep, tail = self.url.rpartition("@")
+        return f"{self.url.split('://')[0]}://***@{tail}" if sep else self.url
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self, deliver: Deliver) -> None:
+        """Reach Redis once (a wrong URL fails here, loudly), then follow watched rooms in the background."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._resync()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await self._redis.aclose()
+            raise Unavailable(f"cannot reach the broker {self._safe_url()}: {_describe(exc)}") from None
+        self._deliver = deliver
+        self._reader = asyncio.create_task(self._read_forever(), name="async_chat.redis.reader")
+
+    async def aclose(self) -> None:
+        self._deliver = None
+        reader, self._reader = self._reader, None
+        try:
+            await cancel_and_wait(reader)
+        finally:
+            await self._redis.aclose()
+
+    # -- publishing ------------------------------------------------------------------------------------
+
+    async def publish(self, message: Any) -> tuple[int, bool]:
+        if not self.up:
+            raise Unavailable(f"the broker is unreachable ({self._outage}); retry later")
+        room = message.room
+        dedup = _dedup_key(room, message.sender, message.client_msg_id) if message.client_msg_id else ""
+        for _attempt in range(2):
+            args = [
+                self._epoch or "", self._known.get(room, 0) + 1, message.sender, message.content,
+                message.client_msg_id or "", self._maxlen, self._dedup_ttl_ms,
+            ]
+            reply = await self._call(self._publish(keys=[EPOCH_KEY, _seq_key(room), _log_key(room), dedup], args=args))
+            status = reply[0]
+            if status == "OK":
+                message.seq, message.sent_at_ms = int(reply[1]), int(reply[2])
+                self._note(room, message.seq)
+                return message.seq, True
+            if status == "DUP":
+                return int(reply[1]), False
+            if status == "RESYNC":
+                raise Unavailable(
+                    f"the broker lost data and every node is re-seeding its counters; retry in {int(reply[1])} ms"
+                )
+            await self._call(self._resync())  # EPOCH: Redis's data is not the incarnation this node knew
+        raise Unavailable("the broker's data changed during the publish; retry")
+
+    async def _call(self, awaitable: Any) -> Any:
+        """One Redis round trip, bounded by the timeout; failures become UNAVAILABLE (and an outage)."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await awaitable
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark_down(exc)
+            raise Unavailable(f"the broker is unreachable ({_describe(exc)}); the call may not have been stored,"
+                              " retry with the same client_msg_id") from None
+
+    def _note(self, room: str, seq: int) -> None:
+        known = self._known
+        if seq > known.get(room, 0):
+            known[room] = seq
+        known.move_to_end(room)
+        if len(known) > self._max_rooms:
+            known.popitem(last=False)
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    async def history(self, room: str, from_seq: int, limit: int) -> list[Any]:
+        if self._history == 0 or limit <= 0:
+            return []
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(_seq_key(room))
+            pipe.xrange(_log_key(room), min=f"{max(from_seq, 1)}-0", max="+", count=limit)
+            last, entries = await self._call(pipe.execute())
+        oldest_kept = int(last or 0) - self._history + 1
+        messages = [_message(room, entry_id, fields) for entry_id, fields in entries]
+        return [m for m in messages if m.seq >= oldest_kept]
+
+    async def next_seq(self, room: str) -> int:
+        last = int(await self._call(self._redis.get(_seq_key(room))) or 0)
+        return max(last, self._known.get(room, 0)) + 1
+
+    async def watch(self, room: str) -> None:
+        if room in self._watched:
+            return
+        last = max(int(await self._call(self._redis.get(_seq_key(room))) or 0), self._known.get(room, 0))
+        self._watched[room] = max(last, self._watched.get(room, 0))
+        self._watch_changed.set()
+        if self._reader_blocked and self._reader_id is not None:
+            # Wake the reader's blocking XREAD so it reads this room too; if this misses, it wakes anyway
+            # within READ_BLOCK_MS and nothing is lost (it reads from `last`).
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self._call(self._redis.client_unblock(self._reader_id))
+
+    def unwatch(self, room: str) -> None:
+        self._watched.pop(room, None)
+
+    async def _read_forever(self) -> None:
+        """Follow the watched rooms' streams; on any failure, mark the outage and reconnect with backoff."""
+        delay = 0.05
+        while True:
+            conn = self._connect(single_connection_client=True, socket_timeout=READ_BLOCK_MS / 1000 + self._timeout)
+            try:
+                async with conn:
+                    self._reader_id = await conn.client_id()
+                    async with asyncio.timeout(self._timeout):
+                        await self._resync()
+                    self._mark_up()
+                    delay = 0.05
+                    await self._follow(conn)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._mark_down(exc)
+            finally:
+                self._reader_id = None
+                self._reader_blocked = False
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, RECONNECT_MAX)
+            self.reconnects += 1
+
+    async def _follow(self, conn: aioredis.Redis) -> None:
+        while True:
+            if not self._watched:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(READ_BLOCK_MS / 1000):
+                        await self._watch_changed.wait()
+                if not self._watched:
+                    await conn.ping()  # notice an outage (and a recovery) even with nothing to read
+                    self._mark_up()
+                    continue
+            self._watch_changed.clear()
+            streams: dict[Any, Any] = {_log_key(room): f"{last}-0" for room, last in self._watched.items()}
+            self._reader_blocked = True
+            try:
+                reply: Any = await conn.xread(streams, count=1000, block=READ_BLOCK_MS)
+            finally:
+                self._reader_blocked = False
+            self._mark_up()
+            for key, entries in reply.items() if isinstance(reply, dict) else reply or []:
+                room = key[len(PREFIX) + 6 : -5]  # "async_chat:room:{R}:log" -> R
+                for entry_id, fields in entries:
+                    self._deliver_entry(room, entry_id, fields)
+
+    def _deliver_entry(self, room: str, entry_id: str, fields: dict[str, str]) -> None:
+        last = self._watched.get(room)
+        message = _message(room, entry_id, fields)
+        self._note(room, message.seq)
+        if last is None or message.seq <= last:
+            return  # unwatched meanwhile, or already delivered
+        self._watched[room] = message.seq
+        if self._deliver is not None:
+            self._deliver(message)
+
+    # -- outages and data loss -------------------------------------------------------------------------
+
+    async def _resync(self) -> None:
+        """Agree on the epoch; if Redis lost data since this node last looked, re-seed the counters."""
+        async with self._resync_lock:
+            knew = self._epoch or ""
+            grace_ms = str(int(RESYNC_GRACE * 1000))
+            epoch = await self._epoch_script(keys=[EPOCH_KEY], args=[secrets.token_hex(8), knew, "0", grace_ms])
+            if knew and epoch != knew:
+                logger.warning(
+                    "the broker lost its data (epoch %s -> %s): re-seeding %d room counter(s); publishes resume"
+                    " in %gs and what was lost reaches subscribers as missed", knew, epoch, len(self._known),
+                    RESYNC_GRACE,
+                )
+            rooms = list(self._known)
+            raised = 0
+            if rooms:
+                raised = await self._reseed(keys=[_seq_key(r) for r in rooms], args=[self._known[r] for r in rooms])
+            if raised and epoch == knew:
+                # Same epoch, yet counters behind what this node saw: Redis came back from an older snapshot.
+                # Start a new epoch so every node re-seeds before anyone publishes again.
+                epoch = await self._epoch_script(keys=[EPOCH_KEY], args=[secrets.token_hex(8), knew, "1", grace_ms])
+                logger.warning(
+                    "the broker came back with %d room counter(s) behind (an older snapshot): new epoch %s,"
+                    " publishes resume in %gs", raised, epoch, RESYNC_GRACE,
+                )
+            self._epoch = epoch
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self.up:
+            self.up = False
+            self.outages += 1
+            self._down_since = time.monotonic()
+            self._outage = _describe(exc)
+            logger.warning(
+                "broker %s unreachable (%s): publishes answer UNAVAILABLE until it is back; reconnecting",
+                self._safe_url(), self._outage,
+            )
+
+    def _mark_up(self) -> None:
+        if not self.up:
+            self.up = True
+            down_for = time.monotonic() - self._down_since
+            logger.warning("broker %s reachable again after %.1fs", self._safe_url(), down_for)
+
+
+def _message(room: str, entry_id: str, fields: dict[str, str]) -> Any:
+    return Message(
+        sender=fields["s"],
+        content=fields["c"],
+        room=room,
+        seq=int(entry_id.partition("-")[0]),
+        sent_at_ms=int(fields["t"]),
+        client_msg_id=fields.get("k"),
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

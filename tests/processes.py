@@ -1,0 +1,125 @@
+"""Real processes the tests start: our server (`python -m async_chat.server`) and `redis-server`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+
+
+class ServerProcess:
+    """A server process; `log` holds its stderr lines read so far (all of them once stopped)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, log: list[str]) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    async def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        async with asyncio.timeout(15):
+            assert self.proc.stderr is not None
+            self.log.extend((await self.proc.stderr.read()).decode().splitlines())
+            return await self.proc.wait()
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.stop()
+
+
+async def start_server(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "async_chat.server", "--host", LOOPBACK, "--port", "0", *args,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+    )
+    assert proc.stderr is not None
+    log: list[str] = []
+    async with asyncio.timeout(20):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            if not line:
+                raise AssertionError("server exited before listening:\n" + "\n".join(log))
+            log.append(line.rstrip("\n"))
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                return ServerProcess(proc, int(found.group(1)), log)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisProcess:
+    """A redis-server of the test's own on loopback, which the test may kill, freeze and restart.
+
+    `persistent`: an append-only file fsynced on every write, kept across restarts in `directory`;
+    otherwise nothing is saved and a restart comes back empty.
+    """
+
+    def __init__(self, directory: Path, *, persistent: bool) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is missing: `make test` installs it (Debian package redis-server)")
+        self.binary, self.directory, self.persistent = binary, directory, persistent
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    async def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        self.proc = await asyncio.create_subprocess_exec(
+            self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", *persistence,
+            "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "notice",
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        assert self.proc.stdout is not None
+        seen = []
+        async with asyncio.timeout(20):
+            while True:
+                line = (await self.proc.stdout.readline()).decode()
+                if not line:
+                    raise AssertionError("redis-server exited:\n" + "".join(seen))
+                seen.append(line)
+                if "Ready to accept connections" in line:
+                    break
+        self._drain = asyncio.create_task(self._discard(self.proc.stdout))
+
+    @staticmethod
+    async def _discard(stream: asyncio.StreamReader) -> None:
+        while await stream.read(65536):
+            pass
+
+    async def kill(self) -> None:
+        """SIGKILL: no shutdown save, no goodbye to clients; what was not fsynced is gone."""
+        assert self.proc is not None
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+        await self._drain
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    async def restart(self) -> None:
+        await self.kill()
+        await self.start()

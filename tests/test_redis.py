@@ -1,0 +1,225 @@
+"""Several server processes on one real redis-server: shared rooms, one seq, outages, data loss."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from async_chat import ChatClient, Message, Missed, Unavailable
+
+from .processes import LOOPBACK, RedisProcess, ServerProcess, start_server
+
+pytestmark = pytest.mark.one_loop  # the servers are processes of their own; the test's loop is not the subject
+
+Nodes = Callable[..., Awaitable[list[ServerProcess]]]
+
+
+@pytest.fixture
+async def redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
+    server = RedisProcess(tmp_path, persistent=False)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+@pytest.fixture
+async def nodes(redis: RedisProcess) -> AsyncIterator[Nodes]:
+    """Start N server processes on the test's Redis; all are stopped at the end."""
+    started: list[ServerProcess] = []
+
+    async def start(count: int, *args: str, url: str | None = None) -> list[ServerProcess]:
+        new = [await start_server("--broker", url or redis.url, "--broker-timeout", "1", *args) for _ in range(count)]
+        started.extend(new)
+        return new
+
+    try:
+        yield start
+    finally:
+        for node in started:
+            await node.kill()
+
+
+async def collect(stream: AsyncIterator[Message | Missed], count: int) -> tuple[list[Message], int]:
+    """Read `count` messages (bounded in time), and how many the stream reported missed meanwhile."""
+    messages: list[Message] = []
+    missed = 0
+    async with asyncio.timeout(30):
+        async for item in stream:
+            if isinstance(item, Missed):
+                missed += item.count
+                continue
+            messages.append(item)
+            if len(messages) == count:
+                break
+    return messages, missed
+
+
+async def test_three_nodes_share_a_room_in_one_gapless_order(nodes: Nodes) -> None:
+    servers = await nodes(3)
+    per_publisher = 40
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(ChatClient(LOOPBACK, s.port, timeout=10)) for s in servers]
+        streams = [await stack.enter_async_context(c.subscribe("shared")) for c in clients]
+
+        async def publish_from(index: int) -> None:
+            for i in range(per_publisher):
+                await clients[index].publish(Message(sender=f"p{index}", content=str(i), room="shared"))
+
+        readers = [asyncio.create_task(collect(s, 3 * per_publisher)) for s in streams]
+        async with asyncio.TaskGroup() as publishers:
+            for index in range(3):
+                publishers.create_task(publish_from(index))
+        results = [await r for r in readers]
+
+    orders = [[(m.seq, m.sender, m.content) for m in got] for got, _missed in results]
+    assert [missed for _got, missed in results] == [0, 0, 0]
+    assert [seq for seq, _s, _c in orders[0]] == list(range(1, 3 * per_publisher + 1))  # gapless, one counter
+    assert orders[0] == orders[1] == orders[2]  # every node delivers the same order
+    for index in range(3):  # each publisher's messages in the order it sent them
+        assert [int(c) for _seq, s, c in orders[0] if s == f"p{index}"] == list(range(per_publisher))
+
+
+async def test_a_client_resumes_on_another_node_from_redis_history(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    async with ChatClient(LOOPBACK, a.port) as on_a, ChatClient(LOOPBACK, b.port) as on_b:
+        for i in range(1, 11):
+            await on_a.publish(Message(sender="s", content=str(i), room="r"))
+        async with on_a.subscribe("r", from_seq=1) as stream:
+            first, _ = await collect(stream, 5)
+        resume_at = first[-1].seq + 1
+        async with on_b.subscribe("r", from_seq=resume_at) as stream:
+            await on_a.publish(Message(sender="s", content="11", room="r"))
+            rest, missed = await collect(stream, 6)
+    assert [m.content for m in first + rest] == [str(i) for i in range(1, 12)]
+    assert missed == 0
+
+
+async def test_a_retried_send_is_stored_once_across_nodes(nodes: Nodes) -> None:
+    a, b = await nodes(2)
+    async with ChatClient(LOOPBACK, a.port) as on_a, ChatClient(LOOPBACK, b.port) as on_b:
+        first = await on_a.publish(Message(sender="s", content="once", room="d", client_msg_id="id-1"))
+        again = await on_b.publish(Message(sender="s", content="once", room="d", client_msg_id="id-1"))
+        other = await on_b.publish(Message(sender="t", content="other sender", room="d", client_msg_id="id-1"))
+        assert (first, again, other) == (1, 1, 2)
+        assert [m.content for m in await on_a.history("d", 1, 10)] == ["once", "other sender"]
+
+
+async def test_redis_down_fails_publishes_fast_keeps_subscriptions_and_logs_once(
+    redis: RedisProcess, nodes: Nodes
+) -> None:
+    a, b = await nodes(2)
+    async with ChatClient(LOOPBACK, a.port, timeout=10) as on_a, ChatClient(LOOPBACK, b.port, timeout=10) as on_b:
+        sub = await on_b.create_subscription("r", 0)
+        await on_a.publish(Message(sender="s", content="before", room="r"))
+        assert [m.content for m in (await on_b.poll(sub.subscription_id, 10, 5000)).messages] == ["before"]
+
+        await redis.kill()
+        for _ in range(20):
+            with pytest.raises(Unavailable, match="broker"):
+                await on_a.publish(Message(sender="s", content="lost?", room="r"))
+        with pytest.raises(Unavailable, match="broker"):  # the classic call: a TApplicationException on the wire
+            await on_a.sendMessage(Message(sender="s", content="lost?", room="r"))
+        batch = await on_b.poll(sub.subscription_id, 10, 200)  # the subscription lives: an empty batch
+        assert (batch.messages, batch.missed) == ([], 0)
+
+        await redis.start()  # back, empty: no persistence
+        seq = await publish_until_accepted(on_a, Message(sender="s", content="after", room="r"))
+        assert seq == 2  # numbering continues past what the nodes saw: no seq is issued twice
+        batch = await on_b.poll(sub.subscription_id, 10, 5000)
+        assert [(m.seq, m.content) for m in batch.messages] == [(2, "after")]
+    for node in (a, b):
+        await node.stop()
+        assert sum("unreachable" in line for line in node.log) == 1, node.log  # once, not per call
+        assert sum("reachable again" in line for line in node.log) == 1
+
+
+async def test_a_frozen_redis_fails_publishes_within_the_timeout_not_a_hang(
+    redis: RedisProcess, nodes: Nodes
+) -> None:
+    [a] = await nodes(1)
+    async with ChatClient(LOOPBACK, a.port, timeout=10) as client:
+        await client.publish(Message(sender="s", content="1"))
+        redis.freeze()
+        try:
+            with pytest.raises(Unavailable, match="broker"):
+                await client.publish(Message(sender="s", content="2"))  # --broker-timeout 1
+        finally:
+            redis.thaw()
+        assert await publish_until_accepted(client, Message(sender="s", content="3")) >= 2
+
+
+async def publish_until_accepted(client: ChatClient, message: Message, attempts: int = 200) -> int:
+    """Publish, retrying while the server says UNAVAILABLE (a bounded number of times, 50 ms apart)."""
+    for _ in range(attempts):
+        try:
+            return await client.publish(message)
+        except Unavailable:
+            await asyncio.sleep(0.05)  # a retry pace, as a client's would be; not a wait for an event
+    raise AssertionError(f"still unavailable after {attempts} attempts")
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["aof-always", "no-persistence"])
+async def test_redis_killed_mid_stream_every_acknowledged_message_is_delivered_or_missed(
+    tmp_path: Path, persistent: bool
+) -> None:
+    redis = RedisProcess(tmp_path, persistent=persistent)
+    await redis.start()
+    servers: list[ServerProcess] = []
+    try:
+        servers = [await start_server("--broker", redis.url, "--broker-timeout", "1") for _ in range(2)]
+        a, b = servers
+        acked: dict[int, str] = {}
+        total = 300
+        async with (
+            ChatClient(LOOPBACK, a.port, timeout=10) as on_a,
+            ChatClient(LOOPBACK, b.port) as on_b,
+            on_b.subscribe("k", wait_ms=500) as stream,
+        ):
+            counter = itertools.count()
+            a_third_acked = asyncio.Event()
+
+            async def publisher(via: ChatClient) -> None:
+                while len(acked) < total:
+                    content = f"m{next(counter)}"
+                    message = Message(sender="s", content=content, room="k")
+                    acked[await publish_until_accepted(via, message)] = content
+                    if len(acked) >= total // 3:
+                        a_third_acked.set()
+
+            async def killer() -> None:
+                await a_third_acked.wait()
+                await redis.restart()  # SIGKILL mid-stream, then back (empty unless persistent)
+
+            async with asyncio.timeout(60), asyncio.TaskGroup() as group:
+                for via in (on_a, on_a, on_b, on_b):  # concurrent publishers on both nodes
+                    group.create_task(publisher(via))
+                group.create_task(killer())
+            last = max(acked)
+            delivered: dict[int, str] = {}
+            missed = 0
+            async with asyncio.timeout(30):
+                async for item in stream:
+                    if isinstance(item, Missed):
+                        missed += item.count
+                        continue
+                    delivered[item.seq] = item.content
+                    if item.seq >= last:
+                        break
+    finally:
+        for node in servers:
+            await node.kill()
+        await redis.kill()
+
+    assert all(delivered[seq] == content for seq, content in acked.items() if seq in delivered)  # no seq reused
+    lost = [seq for seq in acked if seq not in delivered]
+    assert missed >= len(lost), f"{len(lost)} acknowledged message(s) neither delivered nor counted as missed"
+    if persistent:
+        assert lost == []  # fsynced on every write: nothing acknowledged is lost
+        assert missed == 0
