@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -153,6 +154,49 @@ async def test_a_frozen_redis_fails_publishes_within_the_timeout_not_a_hang(
         finally:
             redis.thaw()
         assert await publish_until_accepted(client, Message(sender="s", content="3")) >= 2
+
+
+async def test_messages_lost_with_redis_reach_subscribers_as_missed_and_no_seq_is_reused(
+    redis: RedisProcess, nodes: Nodes
+) -> None:
+    a, b = await nodes(2)
+    async with (
+        ChatClient(LOOPBACK, a.port, timeout=10) as on_a,
+        ChatClient(LOOPBACK, b.port, timeout=30) as on_b,
+        on_b.subscribe("x", wait_ms=1000) as stream,
+    ):
+        for i in range(5):
+            await on_a.publish(Message(sender="s", content=f"kept {i}", room="x"))
+        kept, missed = await collect(stream, 5)
+        b.proc.send_signal(signal.SIGSTOP)  # b stops reading Redis (a paused machine)
+        try:
+            lost = [await on_a.publish(Message(sender="s", content=f"lost {i}", room="x")) for i in range(10)]
+            await redis.restart()  # empty: the 10 are gone before b read them
+        finally:
+            b.proc.send_signal(signal.SIGCONT)
+        after = await publish_until_accepted(on_a, Message(sender="s", content="after", room="x"))
+        rest: list[Message] = []
+        missed_after = 0
+        async with asyncio.timeout(30):
+            async for item in stream:
+                if isinstance(item, Missed):
+                    missed_after += item.count
+                    continue
+                rest.append(item)
+                if item.seq == after:
+                    break
+    assert [m.seq for m in kept] == [1, 2, 3, 4, 5]
+    assert missed == 0
+    assert lost == list(range(6, 16))
+    assert after == 16  # numbering continued: seq 6..15 are not reused for other messages
+    # b may have received the first of the ten before it froze (Redis had already sent it); the rest are
+    # gone with Redis and must reach the subscriber as missed.
+    early = [(m.seq, m.content) for m in rest[:-1]]
+    assert early == [(seq, f"lost {seq - 6}") for seq in range(6, 6 + len(early))]
+    assert (rest[-1].seq, rest[-1].content) == (16, "after")
+    assert missed_after == 10 - len(early)
+    await a.stop()
+    assert any("lost its data" in line for line in a.log)
 
 
 async def publish_until_accepted(client: ChatClient, message: Message, attempts: int = 200) -> int:
