@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 NODE_EXAMPLE := examples/node
 
-.PHONY: run test lint typecheck pytest system-deps clean
+.PHONY: run test lint typecheck pytest bench system-deps clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m async_chat.server $(ARGS)
@@ -24,6 +24,10 @@ typecheck: $(VENV)/.installed
 
 pytest: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
+
+# The benchmark harness (minutes; needs redis-server): every scenario, figures to benchmarks/results/.
+bench: system-deps $(VENV)/.installed
+	$(BIN)/python -m benchmarks $(ARGS)
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "async_chat needs Python >= 3.11; set PYTHON=python3.11 or newer")'

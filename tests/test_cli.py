@@ -16,9 +16,9 @@ import pytest
 
 from async_chat import ChatClient, Message, Settings
 from async_chat.settings import OPTIONS
+from benchmarks.processes import ServerProcess, start_server
 
 from .conftest import LOOPBACK
-from .processes import ServerProcess, start_server
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

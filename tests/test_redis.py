@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from async_chat import ChatClient, Message, Missed, Unavailable
-
-from .processes import LOOPBACK, RedisProcess, ServerProcess, start_server
+from benchmarks.processes import LOOPBACK, RedisProcess, ServerProcess, start_server
 
 pytestmark = pytest.mark.one_loop  # the servers are processes of their own; the test's loop is not the subject
 

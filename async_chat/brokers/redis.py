@@ -36,7 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from ..contract import Message
 from ..errors import Unavailable
@@ -156,6 +156,10 @@ class RedisBroker(Broker):
         """Rooms the reader follows, each with the last seq delivered."""
         self._watch_changed = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._queued: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        """Publish scripts waiting for the writer, which sends all that are waiting as one pipeline."""
+        self._queued_event = asyncio.Event()
         self._reader_id: int | None = None
         self._reader_blocked = False
         self.up = True
@@ -195,13 +199,18 @@ class RedisBroker(Broker):
             raise Unavailable(f"cannot reach the broker {self._safe_url()}: {_describe(exc)}") from None
         self._deliver = deliver
         self._reader = asyncio.create_task(self._read_forever(), name="async_chat.redis.reader")
+        self._writer = asyncio.create_task(self._write_forever(), name="async_chat.redis.writer")
 
     async def aclose(self) -> None:
         self._deliver = None
         reader, self._reader = self._reader, None
+        writer, self._writer = self._writer, None
         try:
+            await cancel_and_wait(writer)
             await cancel_and_wait(reader)
         finally:
+            for _args, waiter in self._queued:
+                waiter.cancel()
             await self._redis.aclose()
 
     # -- publishing ------------------------------------------------------------------------------------
@@ -216,7 +225,7 @@ class RedisBroker(Broker):
                 self._epoch or "", self._known.get(room, 0) + 1, message.sender, message.content,
                 message.client_msg_id or "", self._maxlen, self._dedup_ttl_ms,
             ]
-            reply = await self._call(self._publish(keys=[EPOCH_KEY, _seq_key(room), _log_key(room), dedup], args=args))
+            reply = await self._call(self._queue_publish([EPOCH_KEY, _seq_key(room), _log_key(room), dedup, *args]))
             status = reply[0]
             if status == "OK":
                 message.seq, message.sent_at_ms = int(reply[1]), int(reply[2])
@@ -230,6 +239,56 @@ class RedisBroker(Broker):
                 )
             await self._call(self._resync())  # EPOCH: Redis's data is not the incarnation this node knew
         raise Unavailable("the broker's data changed during the publish; retry")
+
+    async def _queue_publish(self, keys_and_args: list[Any]) -> Any:
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((keys_and_args, waiter))
+        self._queued_event.set()
+        return await waiter
+
+    async def _write_forever(self) -> None:
+        """Send every publish waiting as one pipeline, one pipeline at a time.
+
+        Under load, publishes arriving while a pipeline is out go together in the next one: one round trip
+        (and one pass through redis-py) for many publishes, and no waiting at all when there is no load.
+        """
+        while True:
+            await self._queued_event.wait()
+            self._queued_event.clear()
+            batch, self._queued = self._queued, []
+            batch = [(args, waiter) for args, waiter in batch if not waiter.done()]  # drop calls given up on
+            if not batch:
+                continue
+            try:
+                replies = await self._run_scripts([args for args, _waiter in batch])
+            except Exception as exc:  # every waiter gets the failure; the writer lives on
+                for _args, waiter in batch:
+                    if not waiter.done():
+                        waiter.set_exception(exc)
+                continue
+            for (_args, waiter), reply in zip(batch, replies, strict=True):
+                if not waiter.done():
+                    if isinstance(reply, Exception):
+                        waiter.set_exception(reply)
+                    else:
+                        waiter.set_result(reply)
+
+    async def _run_scripts(self, calls: list[list[Any]]) -> list[Any]:
+        """EVALSHA each call in one pipeline. A Redis restarted since forgets the script: load it and resend
+        just the calls it refused (the others ran; sending them again would store them twice)."""
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _attempt in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    pipe.evalsha(self._publish.sha, 4, *calls[i])
+                for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                    replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
+            if not todo:
+                break
+            await self._redis.script_load(_PUBLISH)
+        return replies
 
     async def _call(self, awaitable: Any) -> Any:
         """One Redis round trip, bounded by the timeout; failures become UNAVAILABLE (and an outage)."""

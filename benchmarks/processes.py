@@ -1,4 +1,4 @@
-"""Real processes the tests start: our server (`python -m async_chat.server`) and `redis-server`."""
+"""Real processes that benchmarks and tests start: our server (`python -m async_chat.server`) and `redis-server`."""
 
 from __future__ import annotations
 
@@ -12,23 +12,27 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 LOOPBACK = "127.0.0.1"
 
 
 class ServerProcess:
-    """A server process; `log` holds its stderr lines read so far (all of them once stopped)."""
+    """A server process. `log` collects its stderr lines as they come (all of them once it has stopped):
+    read all along, so a chatty server never blocks on a full pipe."""
 
     def __init__(self, proc: asyncio.subprocess.Process, port: int, log: list[str]) -> None:
         self.proc, self.port, self.log = proc, port, log
+        assert proc.stderr is not None
+        self._reader = asyncio.create_task(self._read(proc.stderr))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            self.log.append(line.decode().rstrip("\n"))
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
         async with asyncio.timeout(15):
-            assert self.proc.stderr is not None
-            self.log.extend((await self.proc.stderr.read()).decode().splitlines())
+            await self._reader
             return await self.proc.wait()
 
     async def kill(self) -> None:
@@ -38,21 +42,28 @@ class ServerProcess:
 
 
 async def start_server(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start `python -m async_chat.server` on a free loopback port; returns once it listens."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "async_chat.server", "--host", LOOPBACK, "--port", "0", *args,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
     )
     assert proc.stderr is not None
     log: list[str] = []
-    async with asyncio.timeout(20):
-        while True:
-            line = (await proc.stderr.readline()).decode()
-            if not line:
-                raise AssertionError("server exited before listening:\n" + "\n".join(log))
-            log.append(line.rstrip("\n"))
-            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                return ServerProcess(proc, int(found.group(1)), log)
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                line = (await proc.stderr.readline()).decode()
+                if not line:
+                    raise AssertionError("server exited before listening:\n" + "\n".join(log))
+                log.append(line.rstrip("\n"))
+                found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+                if found:
+                    return ServerProcess(proc, int(found.group(1)), log)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        raise
 
 
 def free_port() -> int:
@@ -71,7 +82,7 @@ class RedisProcess:
     def __init__(self, directory: Path, *, persistent: bool) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is missing: `make test` installs it (Debian package redis-server)")
+            raise RuntimeError("redis-server is missing: `make test` installs it (Debian package redis-server)")
         self.binary, self.directory, self.persistent = binary, directory, persistent
         self.port = free_port()
         self.proc: asyncio.subprocess.Process | None = None

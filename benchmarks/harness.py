@@ -1,0 +1,93 @@
+"""What every scenario shares: the machine's description, rounds interleaved in rotation, ratios.
+
+This machine's speed drifts within a minute (a shared, virtual machine), so a figure alone means little:
+scenarios run their configurations in rounds, rotated so none always goes first, and report each
+figure also as the median of per-round ratios to a reference measured in the same round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def machine() -> dict[str, Any]:
+    """The facts a reader needs to compare runs: CPU, cores, OS, Python and library versions."""
+    cpu = platform.processor()
+    with_name = Path("/proc/cpuinfo")
+    if with_name.exists():
+        for line in with_name.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in ("async-chat", "thriftpy2", "uvloop", "redis"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    try:
+        redis_version = subprocess.run(
+            ["redis-server", "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.split()[2]
+    except (OSError, IndexError):
+        redis_version = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "redis_server": redis_version,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) by nearest rank; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def rotations(names: Sequence[str], rounds: int) -> list[list[str]]:
+    """`rounds` orders of `names`, each rotated by one, so that no configuration always runs first."""
+    return [list(names[r % len(names):]) + list(names[: r % len(names)]) for r in range(rounds)]
+
+
+def median_ratio(rounds: list[dict[str, dict[str, float]]], name: str, reference: str, metric: str) -> float:
+    """The median over rounds of `name`'s metric divided by `reference`'s, from the same round."""
+    ratios = [r[name][metric] / r[reference][metric] for r in rounds if r[reference][metric]]
+    return statistics.median(ratios) if ratios else float("nan")
+
+
+@dataclass
+class Report:
+    """One scenario's output: parameters, every round's figures, and the medians and ratios."""
+
+    scenario: str
+    parameters: dict[str, Any]
+    rounds: list[dict[str, dict[str, float]]] = field(default_factory=list)
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def write(reports: list[Report], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"machine": machine(), "scenarios": [r.to_json() for r in reports]}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
