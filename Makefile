@@ -37,9 +37,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # System tools the tests drive for real: Apache Thrift's compiler (code generated for Python and Node),
-# Node.js with npm (the Node client) and redis-server (the Redis broker; the tests start their own).
+# Node.js with npm (the Node client), redis-server (the Redis broker; the tests start their own) and
+# openssl (certificates for the tests' TLS Redis).
 # Each is a command and the Debian package that provides it.
-SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm redis-server:redis-server
+SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm redis-server:redis-server openssl:openssl
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \

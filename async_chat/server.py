@@ -36,7 +36,7 @@ from thriftpy2.transport import TTransportException
 
 from . import settings as settings_module
 from . import wire
-from .brokers import open_broker
+from .brokers import open_broker, redact
 from .contract import ChatService
 from .errors import ChatError
 from .handler import ChatHandler
@@ -134,7 +134,7 @@ class ChatServer(AsyncResource):
     def __repr__(self) -> str:
         return (
             f"<ChatServer [{self.state.name}] {self.address} connections={len(self._connections)}"
-            f" {self.settings.transport}/{self.settings.protocol} broker={self.settings.broker}>"
+            f" {self.settings.transport}/{self.settings.protocol} broker={redact(self.settings.broker)}>"
         )
 
     @property
@@ -185,7 +185,7 @@ class ChatServer(AsyncResource):
             raise
         logger.info(
             "async_chat listening on %s transport=%s protocol=%s broker=%s history=%d queue_size=%d",
-            self.address, s.transport, s.protocol, s.broker, s.history, s.queue_size,
+            self.address, s.transport, s.protocol, redact(s.broker), s.history, s.queue_size,
         )
 
     async def aclose(self) -> None:
@@ -360,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         parser.exit(1, f"async_chat: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}\n")
     except ChatError as exc:
-        parser.exit(1, f"async_chat: {exc}\n")
+        parser.exit(1, f"async_chat: {exc.reason}\n")
     return 0
 
 

@@ -73,28 +73,49 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    """A redis-server of the test's own on loopback, which the test may kill, freeze and restart.
+    """A redis-server of the caller's own on loopback, which it may kill, freeze and restart.
 
     `persistent`: an append-only file fsynced on every write, kept across restarts in `directory`;
-    otherwise nothing is saved and a restart comes back empty.
+    otherwise nothing is saved and a restart comes back empty. `password` sets requirepass. `tls`:
+    (certificate, key, CA) files: the server then speaks only TLS, and `url` is a rediss:// URL that
+    trusts that CA.
     """
 
-    def __init__(self, directory: Path, *, persistent: bool) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        persistent: bool,
+        password: str | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is missing: `make test` installs it (Debian package redis-server)")
         self.binary, self.directory, self.persistent = binary, directory, persistent
+        self.password, self.tls = password, tls
         self.port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{credentials}{LOOPBACK}:{self.port}/0?ssl_ca_certs={self.tls[2]}"
+        return f"redis://{credentials}{LOOPBACK}:{self.port}/0"
 
     async def start(self) -> None:
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        options = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        if self.password:
+            options += ["--requirepass", self.password]
+        if self.tls:
+            cert, key, ca = self.tls
+            options += ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                        "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        else:
+            options += ["--port", str(self.port)]
         self.proc = await asyncio.create_subprocess_exec(
-            self.binary, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", *persistence,
+            self.binary, "--bind", LOOPBACK, "--save", "", *options,
             "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "notice",
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
@@ -104,7 +125,7 @@ class RedisProcess:
             while True:
                 line = (await self.proc.stdout.readline()).decode()
                 if not line:
-                    raise AssertionError("redis-server exited:\n" + "".join(seen))
+                    raise RuntimeError("redis-server exited:\n" + "".join(seen))
                 seen.append(line)
                 if "Ready to accept connections" in line:
                     break

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import shutil
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -196,6 +199,65 @@ async def test_messages_lost_with_redis_reach_subscribers_as_missed_and_no_seq_i
     assert missed_after == 10 - len(early)
     await a.stop()
     assert any("lost its data" in line for line in a.log)
+
+
+def make_tls_files(where: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it, made with the openssl command."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is missing: `make test` installs it (Debian package openssl)")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=where, check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
+        "-subj", "/CN=async_chat test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (where / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "1", "-extfile", "san.cnf")
+    return where / "server.pem", where / "server.key", where / "ca.pem"
+
+
+@pytest.mark.parametrize("kind", ["password", "tls", "tls-and-password"])
+async def test_a_password_and_tls_in_the_broker_url(tmp_path: Path, kind: str) -> None:
+    tls = make_tls_files(tmp_path) if "tls" in kind else None
+    redis = RedisProcess(tmp_path, persistent=False, password="s3cret" if "password" in kind else None, tls=tls)
+    await redis.start()
+    try:
+        node = await start_server("--broker", redis.url)
+        try:
+            async with ChatClient(LOOPBACK, node.port) as client, client.subscribe("t") as stream:
+                assert await client.publish(Message(sender="s", content="over " + kind, room="t")) == 1
+                got, _missed = await collect(stream, 1)
+            assert got[0].content == "over " + kind
+        finally:
+            await node.stop()
+        assert not any("s3cret" in line for line in node.log)  # the password never reaches the log
+    finally:
+        await redis.kill()
+
+
+@pytest.mark.parametrize("problem", ["wrong-password", "nothing-listening"])
+async def test_a_broker_that_cannot_be_reached_at_start_is_one_line_and_exit_1(tmp_path: Path, problem: str) -> None:
+    redis = RedisProcess(tmp_path, persistent=False, password="right")
+    if problem == "wrong-password":
+        await redis.start()
+    url = f"redis://:wrong@{LOOPBACK}:{redis.port}/0"
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "async_chat.server", "--port", "0", "--broker", url, "--broker-timeout", "2"],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        if redis.proc is not None:
+            await redis.kill()
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"async_chat: cannot reach the broker redis://***@{LOOPBACK}:{redis.port}/0: "), last
+    assert "wrong" not in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 async def publish_until_accepted(client: ChatClient, message: Message, attempts: int = 200) -> int:

@@ -61,6 +61,14 @@ class Broker(abc.ABC):
         """Stop delivering and release what the broker holds."""
 
 
+def redact(url: str) -> str:
+    """`url` without its credentials, for logs and reprs: redis://:pw@host/0 -> redis://***@host/0."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
+
+
 def open_broker(settings: Settings) -> Broker:
     """Build the broker `settings.broker` names; its module is imported only here, when asked for."""
     url = settings.broker

@@ -41,7 +41,7 @@ from redis.exceptions import NoScriptError, RedisError
 from ..contract import Message
 from ..errors import Unavailable
 from ..tasks import cancel_and_wait
-from . import Broker, Deliver
+from . import Broker, Deliver, redact
 
 logger = logging.getLogger(__name__)
 
@@ -183,9 +183,7 @@ class RedisBroker(Broker):
         )
 
     def _safe_url(self) -> str:
-        """The URL without its password, for logs."""
-        _credentials, sep, tail = self.url.rpartition("@")
-        return f"{self.url.split('://')[0]}://***@{tail}" if sep else self.url
+        return redact(self.url)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
