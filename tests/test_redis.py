@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from async_chat import ChatClient, Message, Missed, Unavailable
 from benchmarks.processes import LOOPBACK, RedisProcess, ServerProcess, start_server
@@ -87,6 +88,27 @@ async def test_three_nodes_share_a_room_in_one_gapless_order(nodes: Nodes) -> No
     assert orders[0] == orders[1] == orders[2]  # every node delivers the same order
     for index in range(3):  # each publisher's messages in the order it sent them
         assert [int(c) for _seq, s, c in orders[0] if s == f"p{index}"] == list(range(per_publisher))
+
+
+async def test_fan_out_costs_redis_one_reader_per_node_not_one_per_subscriber(
+    redis: RedisProcess, nodes: Nodes
+) -> None:
+
+    a, b = await nodes(2)
+    async with (
+        aioredis.Redis.from_url(redis.url) as probe,
+        ChatClient(LOOPBACK, a.port) as on_a,
+        ChatClient(LOOPBACK, b.port, pool_size=4) as on_b,
+    ):
+        subs = [await on_b.create_subscription(f"room{i % 3}", 0) for i in range(60)]
+        for i in range(3):
+            await on_a.publish(Message(sender="s", content="x", room=f"room{i}"))
+        for sub in subs:  # every subscriber got its message: the fan-out worked
+            assert len((await on_b.poll(sub.subscription_id, 10, 5000)).messages) == 1
+        clients = await probe.client_list()
+    ours = [c for c in clients if c["cmd"] != "client|list"]
+    assert len([c for c in ours if c["cmd"] == "xread"]) <= 2  # one reader per node at most
+    assert len(ours) <= 8, ours  # a few pooled connections per node, whatever the 60 subscribers do
 
 
 async def test_a_client_resumes_on_another_node_from_redis_history(nodes: Nodes) -> None:
