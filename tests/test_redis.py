@@ -48,6 +48,14 @@ async def nodes(redis: RedisProcess) -> AsyncIterator[Nodes]:
     finally:
         for node in started:
             await node.kill()
+    assert_no_internal_errors(started)
+
+
+def assert_no_internal_errors(servers: list[ServerProcess]) -> None:
+    """Whatever Redis did, no call may have failed as a bug (INTERNAL_ERROR): only UNAVAILABLE."""
+    for node in servers:
+        bugs = [line for line in node.log if "event=internal_error" in line]
+        assert not bugs, "\n".join(bugs)
 
 
 async def collect(stream: AsyncIterator[Message | Missed], count: int) -> tuple[list[Message], int]:
@@ -344,6 +352,7 @@ async def test_redis_killed_mid_stream_every_acknowledged_message_is_delivered_o
             await node.kill()
         await redis.kill()
 
+    assert_no_internal_errors(servers)
     assert all(delivered[seq] == content for seq, content in acked.items() if seq in delivered)  # no seq reused
     lost = [seq for seq in acked if seq not in delivered]
     assert missed >= len(lost), f"{len(lost)} acknowledged message(s) neither delivered nor counted as missed"

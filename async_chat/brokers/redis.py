@@ -57,6 +57,11 @@ RESYNC_GRACE = 3.0
 knows; longer than the reader's longest reconnect backoff (RECONNECT_MAX)."""
 RECONNECT_MAX = 1.0
 
+_FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
+"""What a Redis call raises when Redis is away. RuntimeError too: under uvloop, redis-py's write to a
+connection that Redis closed mid-handshake raises "unable to perform operation on <TCPTransport
+closed=True>" rather than a ConnectionError (seen with Redis killed during reconnects)."""
+
 _PUBLISH = """
 local e = redis.call('HMGET', KEYS[1], 'id', 'resume_at')
 if not e[1] or e[1] ~= ARGV[1] then return {'EPOCH'} end
@@ -165,8 +170,6 @@ class RedisBroker(Broker):
         self.up = True
         self._down_since = 0.0
         self._outage = ""
-        self.outages = 0
-        self.reconnects = 0
 
     def __repr__(self) -> str:
         state = "up" if self.up else f"DOWN ({self._outage})"
@@ -192,7 +195,7 @@ class RedisBroker(Broker):
         try:
             async with asyncio.timeout(self._timeout):
                 await self._resync()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             await self._redis.aclose()
             raise Unavailable(f"cannot reach the broker {self._safe_url()}: {_describe(exc)}") from None
         self._deliver = deliver
@@ -293,7 +296,8 @@ class RedisBroker(Broker):
         try:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
+            self.errors += 1
             self._mark_down(exc)
             raise Unavailable(f"the broker is unreachable ({_describe(exc)}); the call may not have been stored,"
                               " retry with the same client_msg_id") from None
@@ -332,7 +336,7 @@ class RedisBroker(Broker):
         if self._reader_blocked and self._reader_id is not None:
             # Wake the reader's blocking XREAD so it reads this room too; if this misses, it wakes anyway
             # within READ_BLOCK_MS and nothing is lost (it reads from `last`).
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(*_FAILURES):
                 await self._call(self._redis.client_unblock(self._reader_id))
 
     def unwatch(self, room: str) -> None:
@@ -351,7 +355,7 @@ class RedisBroker(Broker):
                     self._mark_up()
                     delay = 0.05
                     await self._follow(conn)
-            except (RedisError, OSError, TimeoutError) as exc:
+            except _FAILURES as exc:
                 self._mark_down(exc)
             finally:
                 self._reader_id = None
@@ -405,7 +409,7 @@ class RedisBroker(Broker):
                 logger.warning(
                     "the broker lost its data (epoch %s -> %s): re-seeding %d room counter(s); publishes resume"
                     " in %gs and what was lost reaches subscribers as missed", knew, epoch, len(self._known),
-                    RESYNC_GRACE,
+                    RESYNC_GRACE, extra={"event": "broker_data_lost", "epoch": epoch},
                 )
             rooms = list(self._known)
             raised = 0
@@ -418,6 +422,7 @@ class RedisBroker(Broker):
                 logger.warning(
                     "the broker came back with %d room counter(s) behind (an older snapshot): new epoch %s,"
                     " publishes resume in %gs", raised, epoch, RESYNC_GRACE,
+                    extra={"event": "broker_data_lost", "epoch": epoch},
                 )
             self._epoch = epoch
 
@@ -429,14 +434,17 @@ class RedisBroker(Broker):
             self._outage = _describe(exc)
             logger.warning(
                 "broker %s unreachable (%s): publishes answer UNAVAILABLE until it is back; reconnecting",
-                self._safe_url(), self._outage,
+                self._safe_url(), self._outage, extra={"event": "broker_down", "reason": self._outage},
             )
 
     def _mark_up(self) -> None:
         if not self.up:
             self.up = True
             down_for = time.monotonic() - self._down_since
-            logger.warning("broker %s reachable again after %.1fs", self._safe_url(), down_for)
+            logger.warning(
+                "broker %s reachable again after %.1fs", self._safe_url(), down_for,
+                extra={"event": "broker_up", "down_s": round(down_for, 3)},
+            )
 
 
 def _message(room: str, entry_id: str, fields: dict[str, str]) -> Any:
