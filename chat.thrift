@@ -92,6 +92,41 @@ struct Batch {
     3: i64 missed,
 }
 
+/** One room as one server sees it (stats()): for operators. */
+struct RoomStats {
+    1: string room,
+    /** Subscriptions to this room on this server. */
+    2: i32 subscribers,
+    /** Messages waiting in those subscriptions' queues. */
+    3: i64 queued,
+    /** The fullest of those queues: a subscriber falling behind shows here first. */
+    4: i32 max_queue_depth,
+    /** Messages dropped from those subscriptions' queues (reported to them as missed), since they began. */
+    5: i64 dropped,
+}
+
+/** What one server is doing (stats()): for operators. Counters run from the server's start. */
+struct ServerStats {
+    1: i32 connections,
+    2: i64 connections_total,
+    3: i32 subscriptions,
+    /** Rooms with a subscriber on this server. */
+    4: i32 rooms,
+    5: i64 published,
+    /** Messages returned by polls. */
+    6: i64 delivered,
+    /** Messages dropped from full queues (slow subscribers). */
+    7: i64 dropped,
+    /** Subscriptions removed after going unpolled for the subscription TTL. */
+    8: i64 expired,
+    9: bool broker_up,
+    /** The broker URL, credentials removed. */
+    10: string broker,
+    11: double uptime_s,
+    /** The rooms with the most subscribers, at most as many as asked for. */
+    12: list<RoomStats> top_rooms,
+}
+
 service ChatService {
     /**
      * The classic call: publish a message. Kept without `throws` so clients generated from the classic
@@ -132,4 +167,7 @@ service ChatService {
      * from the oldest retained), oldest first. The room keeps a bounded number of recent messages.
      */
     list<Message> history(1: string room, 2: i64 from_seq, 3: i32 limit) throws (1: ChatError error),
+
+    /** What this server is doing, with its `max_rooms` (0..1000) busiest rooms. For operators. */
+    ServerStats stats(1: i32 max_rooms) throws (1: ChatError error),
 }

@@ -154,6 +154,10 @@ class ChatClient(AsyncResource):
     async def unsubscribe(self, subscription_id: str) -> None:
         await self.call("unsubscribe", subscription_id)
 
+    async def stats(self, max_rooms: int = 20) -> Any:
+        """The server's `ServerStats`, with its `max_rooms` busiest rooms (for operators)."""
+        return await self.call("stats", max_rooms)
+
     def subscribe(
         self,
         room: str = DEFAULT_ROOM,

@@ -20,6 +20,8 @@ chat_thrift: Any = thriftpy2.load(str(IDL_PATH), module_name="chat_thrift")
 Message: Any = chat_thrift.Message
 Batch: Any = chat_thrift.Batch
 Subscription: Any = chat_thrift.Subscription
+RoomStats: Any = chat_thrift.RoomStats
+ServerStats: Any = chat_thrift.ServerStats
 ChatService: Any = chat_thrift.ChatService
 WireChatError: Any = chat_thrift.ChatError
 """The IDL's `exception ChatError`; callers see `async_chat.errors.ChatError` instead."""

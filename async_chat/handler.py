@@ -8,20 +8,28 @@ Method names are the IDL's, camelCase included.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
-from .contract import DEFAULT_ROOM, Message
+from .brokers import redact
+from .contract import DEFAULT_ROOM, Message, ServerStats
 from .errors import InvalidRequest, TooLarge
 from .hub import Hub
 from .settings import Settings
+
+MAX_STATS_ROOMS = 1000
 
 
 class ChatHandler:
     """Implements `service ChatService` from chat.thrift."""
 
-    def __init__(self, hub: Hub, settings: Settings) -> None:
+    def __init__(self, hub: Hub, settings: Settings, connections: Callable[[], tuple[int, int]] | None = None) -> None:
         self.hub = hub
         self.settings = settings
+        self._connections = connections or (lambda: (0, 0))
+        """(open, total) connections: the server's, for stats()."""
+        self._started = time.monotonic()
 
     def __repr__(self) -> str:
         return f"<ChatHandler {self.hub!r}>"
@@ -64,6 +72,26 @@ class ChatHandler:
         if limit is None or limit < 1:
             raise InvalidRequest(f"limit must be at least 1, not {limit}")
         return await self.hub.history(self._room(room), from_seq, min(limit, self.settings.max_poll_messages))
+
+    async def stats(self, max_rooms: int | None) -> Any:
+        if max_rooms is None or not 0 <= max_rooms <= MAX_STATS_ROOMS:
+            raise InvalidRequest(f"max_rooms must be 0..{MAX_STATS_ROOMS}, not {max_rooms}")
+        hub = self.hub
+        open_now, total = self._connections()
+        return ServerStats(
+            connections=open_now,
+            connections_total=total,
+            subscriptions=hub.subscription_count,
+            rooms=hub.room_count,
+            published=hub.published_total,
+            delivered=hub.delivered_total,
+            dropped=hub.dropped_total,
+            expired=hub.expired_total,
+            broker_up=hub.broker.up,
+            broker=redact(self.settings.broker),
+            uptime_s=time.monotonic() - self._started,
+            top_rooms=hub.room_stats(max_rooms),
+        )
 
     # -- validation ---------------------------------------------------------------------------
 

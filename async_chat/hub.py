@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .brokers import Broker
-from .contract import Batch, Subscription
+from .contract import Batch, RoomStats, Subscription
 from .errors import NoSuchSubscription, Unavailable
 from .tasks import cancel_and_wait, every, housekeeping_interval
 
@@ -52,6 +52,7 @@ class _Subscriber:
 
     __slots__ = (
         "cursor",
+        "dropped",
         "floor",
         "id",
         "last_active",
@@ -71,6 +72,7 @@ class _Subscriber:
         self.live_start = 0
         self.floor = 0
         self.missed = 0
+        self.dropped = 0
         self.last_active = now
         self.waiter: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()
@@ -98,6 +100,9 @@ class Hub:
         self._rooms: dict[str, set[_Subscriber]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self.state = HubState.NEW
+        self.published_total = 0
+        self.delivered_total = 0
+        self.missed_total = 0
         self.dropped_total = 0
         self.expired_total = 0
         self.polls_waiting = 0
@@ -141,7 +146,8 @@ class Hub:
     async def publish(self, message: Any) -> int:
         """Store and fan out `message` (room already normalised); return its seq."""
         self._check_running()
-        seq, _stored = await self.broker.publish(message)
+        seq, stored = await self.broker.publish(message)
+        self.published_total += stored
         return seq
 
     def _deliver(self, message: Any) -> None:
@@ -157,6 +163,7 @@ class Hub:
             if len(queue) >= limit:
                 dropped = queue.popleft()
                 sub.missed += 1
+                sub.dropped += 1
                 sub.floor = dropped.seq + 1
                 self.dropped_total += 1
             queue.append(message)
@@ -234,6 +241,8 @@ class Hub:
             finally:
                 sub.last_active = self._clock()
             missed, sub.missed = sub.missed, 0
+            self.delivered_total += len(messages)
+            self.missed_total += missed
             return Batch(messages=messages, next_seq=sub.cursor, missed=missed)
 
     async def _collect(self, sub: _Subscriber, max_messages: int) -> list[Any]:
@@ -268,6 +277,31 @@ class Hub:
         self._check_running()
         return await self.broker.history(room, max(from_seq, 1), limit)
 
+    # -- what operators see ----------------------------------------------------------------------
+
+    @property
+    def room_count(self) -> int:
+        """Rooms with at least one subscriber on this server."""
+        return len(self._rooms)
+
+    def queued_total(self) -> int:
+        """Messages waiting in all subscribers' queues (walks every subscription: for scrapes, not calls)."""
+        return sum(len(sub.queue) for sub in self._subs.values())
+
+    def room_stats(self, limit: int) -> list[RoomStats]:
+        """The `limit` rooms with the most subscribers here, with their queue depths and drops."""
+        biggest = sorted(self._rooms.items(), key=lambda item: len(item[1]), reverse=True)[:limit]
+        return [
+            RoomStats(
+                room=room,
+                subscribers=len(subs),
+                queued=sum(len(s.queue) for s in subs),
+                max_queue_depth=max((len(s.queue) for s in subs), default=0),
+                dropped=sum(s.dropped for s in subs),
+            )
+            for room, subs in biggest
+        ]
+
     # -- expiry -----------------------------------------------------------------------------------
 
     def reap(self) -> int:
@@ -278,7 +312,10 @@ class Hub:
             self._remove(sub)
         if stale:
             self.expired_total += len(stale)
-            logger.info("expired %d idle subscription(s)", len(stale))
+            logger.info(
+                "expired %d idle subscription(s)", len(stale),
+                extra={"event": "subscriptions_expired", "count": len(stale)},
+            )
         return len(stale)
 
     def _check_running(self) -> None:

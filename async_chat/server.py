@@ -27,15 +27,15 @@ import socket
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anyio.abc import AsyncResource
 from thriftpy2.contrib.aio.socket import StreamHandler
 from thriftpy2.rpc import make_aio_server  # type: ignore[attr-defined]
 from thriftpy2.transport import TTransportException
 
+from . import logs, wire
 from . import settings as settings_module
-from . import wire
 from .brokers import open_broker, redact
 from .contract import ChatService
 from .errors import ChatError
@@ -44,6 +44,10 @@ from .hub import Hub, HubLimits
 from .processor import ChatProcessor
 from .settings import Settings
 from .tasks import cancel_and_wait, every, housekeeping_interval
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+    from .monitor import Monitor
 
 logger = logging.getLogger("async_chat.server")
 
@@ -130,6 +134,9 @@ class ChatServer(AsyncResource):
         self.host = self.settings.host
         self.port = self.settings.port
         self.connections_total = 0
+        self.refused_total = 0
+        self.unreadable_total = 0
+        self.monitor: Monitor | None = None
 
     def __repr__(self) -> str:
         return (
@@ -161,7 +168,7 @@ class ChatServer(AsyncResource):
             hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions))
             await hub.start()
             self.hub = hub
-            handler = ChatHandler(hub, s)
+            handler = ChatHandler(hub, s, lambda: (len(self._connections), self.connections_total))
             thrift_server = make_aio_server(
                 ChatService,
                 handler,
@@ -170,7 +177,11 @@ class ChatServer(AsyncResource):
                 client_timeout=None,
                 loop=asyncio.get_running_loop(),
             )
-            self._processor = ChatProcessor(ChatService, handler)
+            metrics = None
+            if s.metrics_port is not None:
+                metrics, self.monitor = _monitor(self, s.host, s.metrics_port)
+                await self.monitor.start()
+            self._processor = ChatProcessor(ChatService, handler, metrics)
             thrift_server.trans.raw_sock = sock  # our socket: no SO_REUSEPORT
             self.state = ServerState.SERVING  # before accepting: the first connection may arrive at once
             self._listener = await thrift_server.trans.accept(self._serve)
@@ -180,13 +191,30 @@ class ChatServer(AsyncResource):
         except BaseException:
             self.state = ServerState.CLOSED
             sock.close()
+            if self.monitor is not None:
+                await self.monitor.aclose()
             if self.hub is not None:
                 await self.hub.aclose()
             raise
+        if self.monitor is not None:
+            where = f"{self.monitor.host}:{self.monitor.port}"
+            logger.info(
+                "metrics on http://%s/metrics (also /healthz, /readyz)", where,
+                extra={"event": "metrics_listening", "address": where},
+            )
         logger.info(
             "async_chat listening on %s transport=%s protocol=%s broker=%s history=%d queue_size=%d",
             self.address, s.transport, s.protocol, redact(s.broker), s.history, s.queue_size,
+            extra={"event": "started", "address": self.address, "broker": redact(s.broker)},
         )
+
+    def unready_reason(self) -> str | None:
+        """Why this server should get no traffic now (for /readyz), or None when it is ready."""
+        if self.state is not ServerState.SERVING:
+            return f"not accepting calls: {self.state.value}"
+        if self.hub is not None and not self.hub.broker.up:
+            return "the broker is unreachable"
+        return None
 
     async def aclose(self) -> None:
         """Graceful stop: no new connections, wake polls, close idle connections, drain busy ones."""
@@ -196,7 +224,10 @@ class ChatServer(AsyncResource):
             self.state = ServerState.CLOSED
             return
         self.state = ServerState.DRAINING
-        logger.info("draining: %d connection(s) open", len(self._connections))
+        logger.info(
+            "draining: %d connection(s) open", len(self._connections),
+            extra={"event": "draining", "connections": len(self._connections)},
+        )
         assert self._listener is not None
         assert self.hub is not None
         try:
@@ -219,8 +250,10 @@ class ChatServer(AsyncResource):
             if self._connections:
                 await asyncio.wait(set(self._connections))
             await self.hub.aclose()
+            if self.monitor is not None:
+                await self.monitor.aclose()
             self.state = ServerState.CLOSED
-            logger.info("stopped")
+            logger.info("stopped", extra={"event": "stopped"})
 
     async def _serve(self, client: StreamHandler) -> None:
         """Serve one connection: its calls one after another, until it closes, idles out, or we stop."""
@@ -254,7 +287,11 @@ class ChatServer(AsyncResource):
             # Our own drain timeout cancelled this call; the task ends here rather than as "cancelled",
             # which asyncio's stream callback would report as an unhandled error.
         except Exception as exc:
-            logger.warning("closing %r: unreadable request (%s: %s)", conn, type(exc).__name__, exc)
+            self.unreadable_total += 1
+            logger.warning(
+                "closing %r: unreadable request (%s: %s)", conn, type(exc).__name__, exc,
+                extra={"event": "connection_unreadable", "peer": conn.peer},
+            )
         finally:
             self._connections.pop(task, None)
             conn.close()
@@ -264,13 +301,18 @@ class ChatServer(AsyncResource):
         s = self.settings
         dialect = wire.detect(head)
         if dialect is None:
-            logger.warning("refusing %r: its first bytes %s are not a Thrift call%s", conn, head.hex(" "), _hint(head))
+            logger.warning(
+                "refusing %r: its first bytes %s are not a Thrift call%s", conn, head.hex(" "), _hint(head),
+                extra={"event": "connection_refused", "peer": conn.peer},
+            )
         elif not dialect.allowed_by(s.transport, s.protocol):
             logger.warning(
                 "refusing %r: it speaks %s, this server takes --transport %s --protocol %s",
-                conn, dialect, s.transport, s.protocol,
+                conn, dialect, s.transport, s.protocol, extra={"event": "connection_refused", "peer": conn.peer},
             )
             dialect = None
+        if dialect is None:
+            self.refused_total += 1
         return dialect
 
     def _close_idle(self) -> None:
@@ -297,6 +339,18 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _monitor(server: ChatServer, host: str, port: int) -> tuple[Metrics, Monitor]:
+    """Metrics and their HTTP endpoint; prometheus-client is imported only here, when asked for."""
+    try:
+        from .metrics import Metrics
+        from .monitor import Monitor
+    except ImportError as exc:
+        hint = "pip install 'async-chat[metrics]'"
+        raise ImportError(f"--metrics-port needs prometheus-client: {hint} ({exc})") from None
+    metrics = Metrics(server)
+    return metrics, Monitor(server, metrics, host, port)
 
 
 def _hint(head: bytes) -> str:
@@ -327,18 +381,10 @@ async def serve(settings: Settings) -> None:
     try:
         async with ChatServer(settings):
             await stop.wait()
-            logger.info("signal received: shutting down")
+            logger.info("signal received: shutting down", extra={"event": "signal"})
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def run(coro: Any) -> None:
@@ -354,13 +400,15 @@ def run(coro: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser: argparse.ArgumentParser = settings_module.build_parser()
     settings = settings_module.load(argv)
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         run(serve(settings))
     except OSError as exc:
         parser.exit(1, f"async_chat: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}\n")
     except ChatError as exc:
         parser.exit(1, f"async_chat: {exc.reason}\n")
+    except ImportError as exc:  # an optional extra asked for but not installed
+        parser.exit(1, f"async_chat: {exc}\n")
     return 0
 
 

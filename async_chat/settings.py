@@ -13,13 +13,14 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-from . import wire
+from . import logs, wire
 from .brokers import SCHEMES
 from .errors import InvalidRequest
 
 TRANSPORTS = (wire.AUTO, *wire.TRANSPORTS)
 PROTOCOLS = (wire.AUTO, *wire.PROTOCOLS)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = logs.FORMATS
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,9 @@ class Settings:
     dedup_ttl: float = 600.0
     broker_timeout: float = 2.0
     drain_timeout: float = 10.0
+    metrics_port: int | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,6 +60,10 @@ class Settings:
             problems.append(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
         if self.protocol not in PROTOCOLS:
             problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            problems.append(f"metrics port must be 0..65535, not {self.metrics_port}")
+        if self.log_format not in LOG_FORMATS:
+            problems.append(f"log format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         for name in ("queue_size", "max_poll_messages", "max_content_bytes", "max_name_length",
@@ -124,14 +131,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("dedup_ttl", "seconds the Redis broker remembers a client_msg_id, to store a retried send once"),
     Option("broker_timeout", "seconds a Redis call may take before the call fails UNAVAILABLE (never a hang)"),
     Option("drain_timeout", "seconds a graceful shutdown waits for calls in flight"),
+    Option(
+        "metrics_port",
+        "serve Prometheus /metrics, /healthz and /readyz over HTTP on this port (on --host); 0 picks a free one;"
+        " unset: off. Needs `pip install async-chat[metrics]`",
+    ),
     Option("log_level", "log verbosity", LOG_LEVELS),
+    Option("log_format", "log lines as key=value text or as one JSON object each", LOG_FORMATS),
 )
 
 
 def _converter(field_type: str, field: str = "") -> Callable[[str], Any]:
     if field == "log_level":
         return str.upper
-    return {"int": int, "float": float}.get(field_type, str)
+    return {"int": int, "int | None": int, "float": float}.get(field_type, str)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -7,6 +7,8 @@ figure also as the median of per-round ratios to a reference measured in the sam
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import os
 import platform
@@ -14,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -51,6 +53,32 @@ def machine() -> dict[str, Any]:
         "redis_server": redis_version,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+async def closed_loop(call: Callable[[int], Awaitable[object]], tasks: int, seconds: float) -> tuple[int, int, float]:
+    """`tasks` tasks each make call(i) back to back for `seconds`: (calls answered, calls failed, seconds).
+
+    `call` gets a number unique across tasks (to tell its messages apart); a failure is any exception
+    from the call, counted, never hidden.
+    """
+    counter = itertools.count()
+    done = failed = 0
+    deadline = time.perf_counter() + seconds
+
+    async def loop() -> None:
+        nonlocal done, failed
+        while time.perf_counter() < deadline:
+            try:
+                await call(next(counter))
+                done += 1
+            except Exception:
+                failed += 1
+
+    started = time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        for _ in range(tasks):
+            group.create_task(loop())
+    return done, failed, time.perf_counter() - started
 
 
 def percentile(values: Sequence[float], q: float) -> float:

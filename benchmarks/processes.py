@@ -28,6 +28,11 @@ class ServerProcess:
         while line := await stream.readline():
             self.log.append(line.decode().rstrip("\n"))
 
+    def cpu_seconds(self) -> float:
+        """CPU time the process has used so far (user + system), from /proc."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     async def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any
 
 from async_chat import ChatClient, ChatError, Message, Missed
 
-from .harness import Report, median_ratio, percentile, rotations
+from .harness import Report, closed_loop, median_ratio, percentile, rotations
 from .processes import LOOPBACK, RedisProcess, ServerProcess, start_server
 
 REFERENCE = "memory"
@@ -73,24 +72,12 @@ async def measure(publish_port: int, subscribe_port: int, room: str, p: Paramete
         follower = asyncio.create_task(follow())
         try:
             # Throughput: closed loop, as fast as the server acknowledges.
-            counter = itertools.count()
-            acked = 0
             t0 = time.perf_counter()
-            deadline = t0 + p.seconds
 
-            async def publish_loop() -> None:
-                nonlocal acked, errors
-                while time.perf_counter() < deadline:
-                    try:
-                        await publisher.publish(Message(sender="bench", content=str(next(counter)), room=room))
-                        acked += 1
-                    except ChatError:
-                        errors += 1
+            async def publish(i: int) -> None:
+                await publisher.publish(Message(sender="bench", content=str(i), room=room))
 
-            async with asyncio.TaskGroup() as group:
-                for _ in range(p.publishers):
-                    group.create_task(publish_loop())
-            elapsed = time.perf_counter() - t0
+            acked, errors, elapsed = await closed_loop(publish, p.publishers, p.seconds)
             wanted[0] = acked
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
@@ -108,7 +95,7 @@ async def measure(publish_port: int, subscribe_port: int, room: str, p: Paramete
             arrivals.clear()
             missed = 0
             enough.clear()
-            first = next(counter)
+            first = 10_000_000  # numbers no message of the throughput phase has
             count = int(p.rate * p.latency_seconds)
             wanted[0] = count
             t0 = time.perf_counter()

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.one_loop
 
 
 @pytest.mark.timeout(180)
-async def test_the_redis_scenario_runs_in_short_mode(tmp_path: Path) -> None:
+async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "benchmarks", "redis", "--short", "--out", str(out),
+        sys.executable, "-m", "benchmarks", "--short", "--out", str(out),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     async with asyncio.timeout(170):
@@ -28,8 +28,8 @@ async def test_the_redis_scenario_runs_in_short_mode(tmp_path: Path) -> None:
     assert proc.returncode == 0, err.decode()
     doc = json.loads(out.read_text())
     assert {"cpu", "cores", "python", "versions", "redis_server"} <= doc["machine"].keys()
-    [scenario] = doc["scenarios"]
-    assert scenario["scenario"] == "redis"
+    scenario, metrics = doc["scenarios"]
+    assert (scenario["scenario"], metrics["scenario"]) == ("redis", "metrics")
     assert len(scenario["rounds"]) == scenario["parameters"]["rounds"]
     for figures in scenario["rounds"]:
         assert figures.keys() == {"memory", "redis-2-nodes"}
@@ -40,3 +40,9 @@ async def test_the_redis_scenario_runs_in_short_mode(tmp_path: Path) -> None:
             assert f["latency_p99_ms"] >= f["latency_p50_ms"] > 0
     assert scenario["summary"]["memory"]["publishes_per_s_ratio_to_memory"] == 1.0
     assert b"round 2/2" in err  # progress is shown
+    for figures in metrics["rounds"]:
+        assert figures.keys() == {"metrics-off", "metrics-on"}
+        for f in figures.values():
+            assert f["errors"] == 0
+            assert f["server_cpu_us_per_publish"] > 0
+    assert metrics["summary"]["metrics-on"]["server_cpu_us_per_publish_ratio_to_metrics-off"] > 0

@@ -30,6 +30,13 @@ Deliver = Callable[[Any], None]
 class Broker(abc.ABC):
     """The small interface between the hub and where messages are stored."""
 
+    up: bool = True
+    """Whether the broker is reachable now (an embedded one always is); /readyz and stats() show it."""
+    outages = 0
+    reconnects = 0
+    errors = 0
+    """Calls to the broker that failed (each answered UNAVAILABLE)."""
+
     @abc.abstractmethod
     async def start(self, deliver: Deliver) -> None:
         """Begin delivering stored messages to `deliver`."""
