@@ -58,8 +58,11 @@ def assert_no_internal_errors(servers: list[ServerProcess]) -> None:
         assert not bugs, "\n".join(bugs)
 
 
-async def collect(stream: AsyncIterator[Message | Missed], count: int) -> tuple[list[Message], int]:
-    """Read `count` messages (bounded in time), and how many the stream reported missed meanwhile."""
+async def collect(
+    stream: AsyncIterator[Message | Missed], count: int | None = None, *, until_seq: int | None = None
+) -> tuple[list[Message], int]:
+    """Read `count` messages, or up to the one with `until_seq` (bounded in time), and how many the stream
+    reported missed meanwhile."""
     messages: list[Message] = []
     missed = 0
     async with asyncio.timeout(30):
@@ -68,7 +71,7 @@ async def collect(stream: AsyncIterator[Message | Missed], count: int) -> tuple[
                 missed += item.count
                 continue
             messages.append(item)
-            if len(messages) == count:
+            if len(messages) == count or (until_seq is not None and item.seq >= until_seq):
                 break
     return messages, missed
 
@@ -207,16 +210,7 @@ async def test_messages_lost_with_redis_reach_subscribers_as_missed_and_no_seq_i
         finally:
             b.proc.send_signal(signal.SIGCONT)
         after = await publish_until_accepted(on_a, Message(sender="s", content="after", room="x"))
-        rest: list[Message] = []
-        missed_after = 0
-        async with asyncio.timeout(30):
-            async for item in stream:
-                if isinstance(item, Missed):
-                    missed_after += item.count
-                    continue
-                rest.append(item)
-                if item.seq == after:
-                    break
+        rest, missed_after = await collect(stream, until_seq=after)
     assert [m.seq for m in kept] == [1, 2, 3, 4, 5]
     assert missed == 0
     assert lost == list(range(6, 16))
@@ -290,6 +284,31 @@ async def test_a_broker_that_cannot_be_reached_at_start_is_one_line_and_exit_1(t
     assert "Traceback" not in done.stderr
 
 
+async def test_redis_back_from_an_older_snapshot_reuses_no_seq(redis: RedisProcess, nodes: Nodes) -> None:
+    """RDB, Redis's default persistence, comes back with the counters of the last snapshot: behind."""
+    [a] = await nodes(1)
+    async with (
+        aioredis.Redis.from_url(redis.url) as probe,
+        ChatClient(LOOPBACK, a.port, timeout=10) as client,
+        client.subscribe("snap") as stream,
+    ):
+        for i in range(5):
+            await client.publish(Message(sender="s", content=f"saved {i}", room="snap"))
+        await probe.save()  # the snapshot holds seqs 1..5
+        for i in range(5):
+            await client.publish(Message(sender="s", content=f"after the snapshot {i}", room="snap"))
+        before, _ = await collect(stream, 10)
+        await redis.restart()  # SIGKILL, then back from the snapshot: its counter says 5, the node saw 10
+        seq = await publish_until_accepted(client, Message(sender="s", content="next", room="snap"))
+        after, missed = await collect(stream, 1)
+    assert [m.seq for m in before] == list(range(1, 11))
+    assert seq == 11  # not 6: the node raised the counter past what it had seen
+    assert [(m.seq, m.content) for m in after] == [(11, "next")]
+    assert missed == 0  # this subscriber had everything; nothing was reused under it
+    await a.stop()
+    assert any("older snapshot" in line for line in a.log)
+
+
 async def publish_until_accepted(client: ChatClient, message: Message, attempts: int = 200) -> int:
     """Publish, retrying while the server says UNAVAILABLE (a bounded number of times, 50 ms apart)."""
     for _ in range(attempts):
@@ -336,17 +355,8 @@ async def test_redis_killed_mid_stream_every_acknowledged_message_is_delivered_o
                 for via in (on_a, on_a, on_b, on_b):  # concurrent publishers on both nodes
                     group.create_task(publisher(via))
                 group.create_task(killer())
-            last = max(acked)
-            delivered: dict[int, str] = {}
-            missed = 0
-            async with asyncio.timeout(30):
-                async for item in stream:
-                    if isinstance(item, Missed):
-                        missed += item.count
-                        continue
-                    delivered[item.seq] = item.content
-                    if item.seq >= last:
-                        break
+            got, missed = await collect(stream, until_seq=max(acked))
+            delivered = {m.seq: m.content for m in got}
     finally:
         for node in servers:
             await node.kill()
