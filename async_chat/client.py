@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl as ssl_module
 import time
 import uuid
 from collections import deque
@@ -100,6 +101,8 @@ class ChatClient(AsyncResource):
         connect_timeout: float = 5.0,
         max_idle: float = 60.0,
         retries: int = 1,
+        ssl: ssl_module.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
@@ -109,6 +112,11 @@ class ChatClient(AsyncResource):
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self.retries = retries
+        self.ssl = ssl
+        self.server_hostname = server_hostname
+        if ssl is not None and not ssl.check_hostname:
+            logger.warning("ChatClient TLS without hostname checking: anyone with a certificate from a trusted CA"
+                           " can pose as %s", host)
         self._slots = asyncio.Semaphore(pool_size)
         self._idle: deque[_Conn] = deque()
         self._streams: set[MessageStream] = set()
@@ -214,8 +222,10 @@ class ChatClient(AsyncResource):
         """Open a new connection (not pooled until released)."""
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-        except (TimeoutError, OSError) as exc:
+                reader, writer = await asyncio.open_connection(
+                    self.host, self.port, ssl=self.ssl, server_hostname=self.server_hostname if self.ssl else None
+                )
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError (a failed handshake, a bad certificate) is one
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise Unavailable(f"cannot connect to {self.host}:{self.port}: {reason}") from None
         protocol = self.dialect.protocol_on(StreamHandler(reader, writer))

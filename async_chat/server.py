@@ -38,7 +38,7 @@ from . import logs, wire
 from . import settings as settings_module
 from .brokers import open_broker, redact
 from .contract import ChatService
-from .errors import ChatError
+from .errors import ChatError, InvalidRequest
 from .handler import ChatHandler
 from .hub import Hub, HubLimits
 from .processor import ChatProcessor
@@ -161,6 +161,10 @@ class ChatServer(AsyncResource):
         if self.state is not ServerState.NEW:
             raise RuntimeError(f"{self!r} was already started")
         s = self.settings
+        try:
+            tls = s.server_tls()
+        except OSError as exc:  # ssl.SSLError too
+            raise InvalidRequest(f"cannot use the TLS files (--tls-cert, --tls-key, --tls-client-ca): {exc}") from None
         sock = _bind(s.host, s.port)
         try:
             self.port = sock.getsockname()[1]
@@ -183,6 +187,7 @@ class ChatServer(AsyncResource):
                 await self.monitor.start()
             self._processor = ChatProcessor(ChatService, handler, metrics)
             thrift_server.trans.raw_sock = sock  # our socket: no SO_REUSEPORT
+            thrift_server.trans.ssl_context = tls  # our context (never thriftpy2's fallbacks)
             self.state = ServerState.SERVING  # before accepting: the first connection may arrive at once
             self._listener = await thrift_server.trans.accept(self._serve)
             interval = housekeeping_interval(s.idle_timeout, cap=1.0)
@@ -203,8 +208,8 @@ class ChatServer(AsyncResource):
                 extra={"event": "metrics_listening", "address": where},
             )
         logger.info(
-            "async_chat listening on %s transport=%s protocol=%s broker=%s history=%d queue_size=%d",
-            self.address, s.transport, s.protocol, redact(s.broker), s.history, s.queue_size,
+            "async_chat listening on %s transport=%s protocol=%s tls=%s broker=%s history=%d queue_size=%d",
+            self.address, s.transport, s.protocol, _tls_mode(s), redact(s.broker), s.history, s.queue_size,
             extra={"event": "started", "address": self.address, "broker": redact(s.broker)},
         )
 
@@ -351,6 +356,12 @@ def _monitor(server: ChatServer, host: str, port: int) -> tuple[Metrics, Monitor
         raise ImportError(f"--metrics-port needs prometheus-client: {hint} ({exc})") from None
     metrics = Metrics(server)
     return metrics, Monitor(server, metrics, host, port)
+
+
+def _tls_mode(s: Settings) -> str:
+    if s.tls_cert is None:
+        return "off"
+    return "on+client-certificates" if s.tls_client_ca else "on"
 
 
 def _hint(head: bytes) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
@@ -47,6 +48,9 @@ class Settings:
     broker_timeout: float = 2.0
     drain_timeout: float = 10.0
     metrics_port: int | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -62,6 +66,10 @@ class Settings:
             problems.append(f"protocol must be one of {', '.join(PROTOCOLS)}, not {self.protocol!r}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             problems.append(f"metrics port must be 0..65535, not {self.metrics_port}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("tls-cert and tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            problems.append("tls-client-ca needs tls-cert and tls-key (client certificates are checked over TLS)")
         if self.log_format not in LOG_FORMATS:
             problems.append(f"log format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.log_level.upper() not in LOG_LEVELS:
@@ -90,6 +98,17 @@ class Settings:
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None for plain TCP. Raises OSError/ssl.SSLError for bad files."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)  # TLS 1.2+, the library's safe ciphers
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        if self.tls_client_ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_verify_locations(self.tls_client_ca)
+        return context
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,9 @@ OPTIONS: tuple[Option, ...] = (
         "serve Prometheus /metrics, /healthz and /readyz over HTTP on this port (on --host); 0 picks a free one;"
         " unset: off. Needs `pip install async-chat[metrics]`",
     ),
+    Option("tls_cert", "serve TLS only, with this certificate chain (PEM); with --tls-key. Unset: plain TCP"),
+    Option("tls_key", "the private key (PEM) of --tls-cert"),
+    Option("tls_client_ca", "require client certificates signed by this CA (PEM); needs --tls-cert"),
     Option("log_level", "log verbosity", LOG_LEVELS),
     Option("log_format", "log lines as key=value text or as one JSON object each", LOG_FORMATS),
 )
@@ -144,7 +166,7 @@ OPTIONS: tuple[Option, ...] = (
 def _converter(field_type: str, field: str = "") -> Callable[[str], Any]:
     if field == "log_level":
         return str.upper
-    return {"int": int, "int | None": int, "float": float}.get(field_type, str)
+    return {"int": int, "int | None": int, "float": float}.get(field_type, str)  # str | None: a str
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import redis.asyncio as aioredis
 
 from async_chat import ChatClient, Message, Missed, Unavailable
 from benchmarks.processes import LOOPBACK, RedisProcess, ServerProcess, start_server
+
+from .certs import make_certificates
 
 pytestmark = pytest.mark.one_loop  # the servers are processes of their own; the test's loop is not the subject
 
@@ -225,27 +226,10 @@ async def test_messages_lost_with_redis_reach_subscribers_as_missed_and_no_seq_i
     assert any("lost its data" in line for line in a.log)
 
 
-def make_tls_files(where: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a certificate for 127.0.0.1 signed by it, made with the openssl command."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is missing: `make test` installs it (Debian package openssl)")
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=where, check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1",
-        "-subj", "/CN=async_chat test CA")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
-    (where / "san.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-        "-out", "server.pem", "-days", "1", "-extfile", "san.cnf")
-    return where / "server.pem", where / "server.key", where / "ca.pem"
-
-
 @pytest.mark.parametrize("kind", ["password", "tls", "tls-and-password"])
 async def test_a_password_and_tls_in_the_broker_url(tmp_path: Path, kind: str) -> None:
-    tls = make_tls_files(tmp_path) if "tls" in kind else None
+    certs = make_certificates(tmp_path) if "tls" in kind else None
+    tls = (certs.server_cert, certs.server_key, certs.ca) if certs else None
     redis = RedisProcess(tmp_path, persistent=False, password="s3cret" if "password" in kind else None, tls=tls)
     await redis.start()
     try:
