@@ -168,6 +168,14 @@ service ChatService {
      */
     list<Message> history(1: string room, 2: i64 from_seq, 3: i32 limit) throws (1: ChatError error),
 
+    /**
+     * Prove who this connection is, once, before other calls; returns the identity the token names. Only
+     * servers started with authentication need it (the others return ""), and on those every other call
+     * before it is refused UNAUTHORIZED, and every message this connection sends gets this identity as
+     * its sender, whatever the message says.
+     */
+    string authenticate(1: string token) throws (1: ChatError error),
+
     /** What this server is doing, with its `max_rooms` (0..1000) busiest rooms. For operators. */
     ServerStats stats(1: i32 max_rooms) throws (1: ChatError error),
 }

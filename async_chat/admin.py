@@ -1,4 +1,4 @@
-"""`python -m async_chat.admin stats`: what a running server is doing, for operators.
+"""`python -m async_chat.admin stats`: what a running server is doing, for operators (and `token`).
 
 Reads `stats()` over the server's own Thrift port, so it works without the metrics endpoint and shows
 what metrics deliberately leave out: figures per room (the busiest rooms, by subscribers on that server).
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import auth
 from .client import ChatClient
 from .errors import ChatError
 from .handler import MAX_STATS_ROOMS
@@ -31,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--rooms", type=int, default=20, help=f"how many rooms to list (0..{MAX_STATS_ROOMS})")
     stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     stats.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
+    stats.add_argument("--token", help="a token, for a server started with --auth-secret-file")
+    token = commands.add_parser(
+        "token", help="mint a token for a server started with --auth-secret-file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    token.add_argument("--secret-file", required=True, help="the server's --auth-secret-file")
+    token.add_argument("--identity", required=True, help="who the token's holder is: their messages' sender")
+    token.add_argument("--ttl", type=float, default=86400.0, help="seconds the token can be presented")
     return parser
 
 
@@ -62,8 +71,8 @@ def as_json(stats: Any) -> str:
     return json.dumps(fields)
 
 
-async def fetch(host: str, port: int, rooms: int, timeout: float) -> Any:
-    async with ChatClient(host, port, pool_size=1, timeout=timeout, connect_timeout=timeout) as client:
+async def fetch(host: str, port: int, rooms: int, timeout: float, token: str | None) -> Any:
+    async with ChatClient(host, port, pool_size=1, timeout=timeout, connect_timeout=timeout, token=token) as client:
         return await client.stats(rooms)
 
 
@@ -71,9 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        stats = asyncio.run(fetch(args.host, args.port, args.rooms, args.timeout))
+        if args.command == "token":
+            print(auth.mint(auth.load_secret(args.secret_file), args.identity, args.ttl))
+            return 0
+        stats = asyncio.run(fetch(args.host, args.port, args.rooms, args.timeout, args.token))
     except ChatError as exc:
         parser.exit(1, f"async_chat.admin: {exc}\n")
+    except ValueError as exc:
+        parser.error(str(exc))
     print(as_json(stats) if args.json else render(stats))
     return 0
 

@@ -29,7 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-D (end of input) or Ctrl-C to leave.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--name", required=True, help="your name, shown as the sender of your messages")
+    parser.add_argument(
+        "--name", required=True,
+        help="your name, shown as the sender of your messages (a server with authentication uses the token's)",
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get("ASYNC_CHAT_TOKEN"),
+        help="a token, for a server started with --auth-secret-file [env ASYNC_CHAT_TOKEN]",
+    )
     parser.add_argument("--room", default="general", help="the room to join")
     parser.add_argument("--host", default=os.environ.get("ASYNC_CHAT_HOST", "127.0.0.1"), help="server address")
     parser.add_argument("--port", type=int, default=int(os.environ.get("ASYNC_CHAT_PORT", "9090")), help="server port")
@@ -62,7 +69,7 @@ async def _stdin_lines() -> asyncio.StreamReader:
 
 
 async def chat(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    async with ChatClient(args.host, args.port) as client:
+    async with ChatClient(args.host, args.port, token=args.token) as client:
         start = 0
         if args.replay > 0:
             probe = await client.create_subscription(args.room, 0)

@@ -103,6 +103,7 @@ class ChatClient(AsyncResource):
         retries: int = 1,
         ssl: ssl_module.SSLContext | None = None,
         server_hostname: str | None = None,
+        token: str | None = None,
     ) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
@@ -114,6 +115,9 @@ class ChatClient(AsyncResource):
         self.retries = retries
         self.ssl = ssl
         self.server_hostname = server_hostname
+        self.token = token
+        self.identity: str | None = None
+        """Who the server says this client is, once a connection authenticated with `token`."""
         if ssl is not None and not ssl.check_hostname:
             logger.warning("ChatClient TLS without hostname checking: anyone with a certificate from a trusted CA"
                            " can pose as %s", host)
@@ -229,7 +233,16 @@ class ChatClient(AsyncResource):
             reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise Unavailable(f"cannot connect to {self.host}:{self.port}: {reason}") from None
         protocol = self.dialect.protocol_on(StreamHandler(reader, writer))
-        return _Conn(reader, writer, TAsyncClient(ChatService, protocol))
+        conn = _Conn(reader, writer, TAsyncClient(ChatService, protocol))
+        if self.token is not None:  # every connection proves who it is before its first call
+            conn.dedicated = True  # keeps invoke from pooling it midway
+            try:
+                self.identity = await self.invoke(conn, "authenticate", (self.token,), None)
+            except BaseException:
+                conn.close()  # refused (or lost): this connection is of no use
+                raise
+            conn.dedicated = False
+        return conn
 
     def _take_idle(self) -> _Conn | None:
         while self._idle:

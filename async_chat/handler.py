@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import auth
 from .brokers import redact
 from .contract import DEFAULT_ROOM, Message, ServerStats
-from .errors import InvalidRequest, TooLarge
+from .errors import InvalidRequest, TooLarge, Unauthorized
 from .hub import Hub
 from .settings import Settings
 
@@ -24,9 +25,17 @@ MAX_STATS_ROOMS = 1000
 class ChatHandler:
     """Implements `service ChatService` from chat.thrift."""
 
-    def __init__(self, hub: Hub, settings: Settings, connections: Callable[[], tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        settings: Settings,
+        connections: Callable[[], tuple[int, int]] | None = None,
+        auth_secret: bytes | None = None,
+    ) -> None:
         self.hub = hub
         self.settings = settings
+        self._secret = auth_secret
+        """None: no authentication (senders are taken as given)."""
         self._connections = connections or (lambda: (0, 0))
         """(open, total) connections: the server's, for stats()."""
         self._started = time.monotonic()
@@ -36,19 +45,30 @@ class ChatHandler:
 
     # -- the service --------------------------------------------------------------------------
 
+    async def authenticate(self, token: str | None) -> str:
+        if self._secret is None:
+            return ""  # authentication is off: every connection may send as anyone, as before
+        session = auth.SESSION.get()
+        if session is None:
+            raise Unauthorized("no connection to authenticate")
+        session.identity = auth.verify(self._secret, token or "")
+        return session.identity
+
     async def sendMessage(self, message: Any) -> None:  # the IDL's name
-        await self.hub.publish(self._accept(message))
+        await self.hub.publish(self._accept(message, self._caller()))
 
     async def publish(self, message: Any) -> int:
-        return await self.hub.publish(self._accept(message))
+        return await self.hub.publish(self._accept(message, self._caller()))
 
     async def subscribe(self, room: str | None, from_seq: int | None) -> Any:
+        self._caller()
         from_seq = from_seq or 0
         if from_seq < 0:
             raise InvalidRequest(f"from_seq must be 0 (live only) or a seq >= 1, not {from_seq}")
         return await self.hub.subscribe(self._room(room), from_seq)
 
     async def poll(self, subscription_id: str | None, max_messages: int | None, wait_ms: int | None) -> Any:
+        self._caller()
         if not subscription_id:
             raise InvalidRequest("subscription_id is required")
         if max_messages is None or max_messages < 1:
@@ -63,10 +83,12 @@ class ChatHandler:
         )
 
     async def unsubscribe(self, subscription_id: str | None) -> None:
+        self._caller()
         if subscription_id:
             self.hub.unsubscribe(subscription_id)
 
     async def history(self, room: str | None, from_seq: int | None, limit: int | None) -> list[Any]:
+        self._caller()
         if from_seq is None or from_seq < 0:
             raise InvalidRequest(f"from_seq must be 0 or more, not {from_seq}")
         if limit is None or limit < 1:
@@ -74,6 +96,7 @@ class ChatHandler:
         return await self.hub.history(self._room(room), from_seq, min(limit, self.settings.max_poll_messages))
 
     async def stats(self, max_rooms: int | None) -> Any:
+        self._caller()
         if max_rooms is None or not 0 <= max_rooms <= MAX_STATS_ROOMS:
             raise InvalidRequest(f"max_rooms must be 0..{MAX_STATS_ROOMS}, not {max_rooms}")
         hub = self.hub
@@ -95,10 +118,19 @@ class ChatHandler:
 
     # -- validation ---------------------------------------------------------------------------
 
-    def _accept(self, message: Any) -> Any:
+    def _caller(self) -> str | None:
+        """Who this connection proved to be; None without authentication. UNAUTHORIZED before it has."""
+        if self._secret is None:
+            return None
+        session = auth.SESSION.get()
+        if session is None or session.identity is None:
+            raise Unauthorized("authenticate first: call authenticate(token) on this connection")
+        return session.identity
+
+    def _accept(self, message: Any, identity: str | None = None) -> Any:
         if message is None:
             raise InvalidRequest("message is required")
-        sender, content = message.sender, message.content
+        sender, content = identity or message.sender, message.content  # authenticated: the server says who
         if not isinstance(sender, str) or not sender:
             raise InvalidRequest("sender is required and must be a non-empty string")
         if not isinstance(content, str):

@@ -34,7 +34,7 @@ from thriftpy2.contrib.aio.socket import StreamHandler
 from thriftpy2.rpc import make_aio_server  # type: ignore[attr-defined]
 from thriftpy2.transport import TTransportException
 
-from . import logs, wire
+from . import auth, logs, wire
 from . import settings as settings_module
 from .brokers import open_broker, redact
 from .contract import ChatService
@@ -165,6 +165,7 @@ class ChatServer(AsyncResource):
             tls = s.server_tls()
         except OSError as exc:  # ssl.SSLError too
             raise InvalidRequest(f"cannot use the TLS files (--tls-cert, --tls-key, --tls-client-ca): {exc}") from None
+        secret = auth.load_secret(s.auth_secret_file) if s.auth_secret_file is not None else None
         sock = _bind(s.host, s.port)
         try:
             self.port = sock.getsockname()[1]
@@ -172,7 +173,7 @@ class ChatServer(AsyncResource):
             hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions))
             await hub.start()
             self.hub = hub
-            handler = ChatHandler(hub, s, lambda: (len(self._connections), self.connections_total))
+            handler = ChatHandler(hub, s, lambda: (len(self._connections), self.connections_total), secret)
             thrift_server = make_aio_server(
                 ChatService,
                 handler,
@@ -208,8 +209,9 @@ class ChatServer(AsyncResource):
                 extra={"event": "metrics_listening", "address": where},
             )
         logger.info(
-            "async_chat listening on %s transport=%s protocol=%s tls=%s broker=%s history=%d queue_size=%d",
-            self.address, s.transport, s.protocol, _tls_mode(s), redact(s.broker), s.history, s.queue_size,
+            "async_chat listening on %s transport=%s protocol=%s tls=%s auth=%s broker=%s history=%d queue_size=%d",
+            self.address, s.transport, s.protocol, _tls_mode(s), "on" if secret else "off", redact(s.broker),
+            s.history, s.queue_size,
             extra={"event": "started", "address": self.address, "broker": redact(s.broker)},
         )
 
@@ -271,6 +273,7 @@ class ChatServer(AsyncResource):
             return
         self._connections[task] = conn
         self.connections_total += 1
+        auth.SESSION.set(auth.Session())  # this task's own: the connection's calls all run in it
         processor = self._processor
         try:
             conn.dialect = dialect = self._dialect_of(await conn.read_head(), conn)

@@ -51,6 +51,7 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    auth_secret_file: str | None = None
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -158,6 +159,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_cert", "serve TLS only, with this certificate chain (PEM); with --tls-key. Unset: plain TCP"),
     Option("tls_key", "the private key (PEM) of --tls-cert"),
     Option("tls_client_ca", "require client certificates signed by this CA (PEM); needs --tls-cert"),
+    Option(
+        "auth_secret_file",
+        "turn authentication on: clients must authenticate(token) with a token signed by the secret in this"
+        " file, and the server sets each message's sender. Unset: off, senders are taken as given",
+    ),
     Option("log_level", "log verbosity", LOG_LEVELS),
     Option("log_format", "log lines as key=value text or as one JSON object each", LOG_FORMATS),
 )

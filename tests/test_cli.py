@@ -43,7 +43,7 @@ def run_cli(args: Sequence[str], env: dict[str, str] | None = None) -> subproces
 
 async def test_server_process_answers_and_stops_gracefully_on_sigterm(server_process: ServerProcess) -> None:
     start_line = server_process.log[-1]
-    assert "transport=auto protocol=auto tls=off broker=memory://" in start_line
+    assert "transport=auto protocol=auto tls=off auth=off broker=memory://" in start_line
     assert "queue_size=7" in start_line
     async with ChatClient(LOOPBACK, server_process.port) as client:
         sub = await client.create_subscription("cli", 0)

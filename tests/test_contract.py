@@ -27,7 +27,7 @@ def test_idl_keeps_the_classic_contract_and_adds_only_optional_fields() -> None:
     assert {spec[i][1] for i in range(3, 7)} == {"room", "seq", "sent_at_ms", "client_msg_id"}
     assert all(spec[i][-1] is False for i in range(3, 7))  # optional
     assert chat_thrift.ChatService.thrift_services == [
-        "sendMessage", "publish", "subscribe", "poll", "unsubscribe", "history", "stats",
+        "sendMessage", "publish", "subscribe", "poll", "unsubscribe", "history", "authenticate", "stats",
     ]
     assert not chat_thrift.ChatService.sendMessage_result.thrift_spec  # no throws
 
