@@ -69,6 +69,16 @@ async def measure(publish_port: int, subscribe_port: int, room: str, p: Paramete
                 if len(arrivals) + missed >= wanted[0]:
                     enough.set()
 
+        async def until_arrived(count: int) -> None:
+            """Wait (at most 30 s) until `count` messages arrived or were reported missed."""
+            wanted[0] = count
+            if len(arrivals) + missed >= count:
+                return
+            enough.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(30):
+                    await enough.wait()
+
         follower = asyncio.create_task(follow())
         try:
             # Throughput: closed loop, as fast as the server acknowledges.
@@ -78,10 +88,7 @@ async def measure(publish_port: int, subscribe_port: int, room: str, p: Paramete
                 await publisher.publish(Message(sender="bench", content=str(i), room=room))
 
             acked, errors, elapsed = await closed_loop(publish, p.publishers, p.seconds)
-            wanted[0] = acked
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(30):
-                    await enough.wait()
+            await until_arrived(acked)
             delivered = len(arrivals)
             last_arrival = max(arrivals.values(), default=t0)
             errors += acked - delivered - missed  # neither delivered nor reported: lost silently
@@ -94,10 +101,9 @@ async def measure(publish_port: int, subscribe_port: int, room: str, p: Paramete
             # Latency: open loop at a fixed rate.
             arrivals.clear()
             missed = 0
-            enough.clear()
             first = 10_000_000  # numbers no message of the throughput phase has
             count = int(p.rate * p.latency_seconds)
-            wanted[0] = count
+            wanted[0] = sys.maxsize
             t0 = time.perf_counter()
             due = {first + i: t0 + i / p.rate for i in range(count)}
             sends: set[asyncio.Task[Any]] = set()
@@ -116,9 +122,7 @@ async def measure(publish_port: int, subscribe_port: int, room: str, p: Paramete
                 task = asyncio.create_task(send(i))
                 sends.add(task)
                 task.add_done_callback(sends.discard)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(30):
-                    await enough.wait()
+            await until_arrived(count)
             await asyncio.gather(*sends)
             latencies = [(arrivals[i] - due[i]) * 1000 for i in due if i in arrivals]
             errors += count - len(latencies) - missed
