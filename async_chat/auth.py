@@ -6,8 +6,7 @@ Tokens are HMAC-SHA256 signed, with an expiry, so the server needs no user list,
 token`). Format: `v1.<identity, base64url>.<expiry, Unix seconds>.<signature, base64url>`. A token is
 checked when presented; a connection authenticated before its token expires stays authenticated.
 
-Which connection a call came on is kept in a context variable: every connection is served by a task
-of its own, and a task's context is its own.
+Which connection a call came on, and what it proved, is in `session.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import base64
 import hashlib
 import hmac
 import time
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InvalidRequest, Unauthorized
@@ -25,16 +22,6 @@ from .errors import InvalidRequest, Unauthorized
 VERSION = "v1"
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_LENGTH = 4096
-
-
-@dataclass
-class Session:
-    """One connection's authentication state."""
-
-    identity: str | None = None
-
-
-SESSION: ContextVar[Session | None] = ContextVar("async_chat_session", default=None)
 
 
 def load_secret(path: str) -> bytes:

@@ -15,8 +15,9 @@ from typing import Any
 from . import auth
 from .brokers import redact
 from .contract import DEFAULT_ROOM, Message, ServerStats
-from .errors import InvalidRequest, TooLarge, Unauthorized
+from .errors import InvalidRequest, RateLimited, TooLarge, Unauthorized
 from .hub import Hub
+from .session import SESSION
 from .settings import Settings
 
 MAX_STATS_ROOMS = 1000
@@ -48,7 +49,7 @@ class ChatHandler:
     async def authenticate(self, token: str | None) -> str:
         if self._secret is None:
             return ""  # authentication is off: every connection may send as anyone, as before
-        session = auth.SESSION.get()
+        session = SESSION.get()
         if session is None:
             raise Unauthorized("no connection to authenticate")
         session.identity = auth.verify(self._secret, token or "")
@@ -59,6 +60,18 @@ class ChatHandler:
 
     async def publish(self, message: Any) -> int:
         return await self.hub.publish(self._accept(message, self._caller()))
+
+    def _spend(self) -> None:
+        """One publish from this connection's budget, or RATE_LIMITED (nothing is queued)."""
+        session = SESSION.get()
+        bucket = session.publishes if session is not None else None
+        if bucket is not None:
+            wait = bucket.take()
+            if wait:
+                raise RateLimited(
+                    f"this connection publishes faster than {bucket.rate:g}/s (bursts of {bucket.burst});"
+                    f" retry in {wait:.3f}s"
+                )
 
     async def subscribe(self, room: str | None, from_seq: int | None) -> Any:
         self._caller()
@@ -122,7 +135,7 @@ class ChatHandler:
         """Who this connection proved to be; None without authentication. UNAUTHORIZED before it has."""
         if self._secret is None:
             return None
-        session = auth.SESSION.get()
+        session = SESSION.get()
         if session is None or session.identity is None:
             raise Unauthorized("authenticate first: call authenticate(token) on this connection")
         return session.identity
@@ -130,6 +143,7 @@ class ChatHandler:
     def _accept(self, message: Any, identity: str | None = None) -> Any:
         if message is None:
             raise InvalidRequest("message is required")
+        self._spend()
         sender, content = identity or message.sender, message.content  # authenticated: the server says who
         if not isinstance(sender, str) or not sender:
             raise InvalidRequest("sender is required and must be a non-empty string")

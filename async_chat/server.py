@@ -42,6 +42,7 @@ from .errors import ChatError, InvalidRequest
 from .handler import ChatHandler
 from .hub import Hub, HubLimits
 from .processor import ChatProcessor
+from .session import SESSION, Session, TokenBucket
 from .settings import Settings
 from .tasks import cancel_and_wait, every, housekeeping_interval
 
@@ -264,6 +265,7 @@ class ChatServer(AsyncResource):
 
     async def _serve(self, client: StreamHandler) -> None:
         """Serve one connection: its calls one after another, until it closes, idles out, or we stop."""
+        s = self.settings
         task = asyncio.current_task()
         assert task is not None
         assert self._processor is not None
@@ -273,7 +275,8 @@ class ChatServer(AsyncResource):
             return
         self._connections[task] = conn
         self.connections_total += 1
-        auth.SESSION.set(auth.Session())  # this task's own: the connection's calls all run in it
+        # This task's own context: the connection's calls all run in it.
+        SESSION.set(Session(publishes=TokenBucket(s.publish_rate, s.publish_burst) if s.publish_rate else None))
         processor = self._processor
         try:
             conn.dialect = dialect = self._dialect_of(await conn.read_head(), conn)

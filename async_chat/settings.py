@@ -52,6 +52,8 @@ class Settings:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     auth_secret_file: str | None = None
+    publish_rate: float = 5000.0
+    publish_burst: int = 5000
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -79,6 +81,10 @@ class Settings:
                      "max_subscriptions", "max_rooms", "dedup_window"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
+        if self.publish_rate < 0:
+            problems.append("publish-rate must be 0 (unlimited) or more")
+        if self.publish_burst < 1:
+            problems.append("publish-burst must be at least 1")
         if self.history < 0:
             problems.append("history must be 0 or more")
         if self.max_poll_wait_ms < 0:
@@ -150,6 +156,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("dedup_window", "client_msg_ids the memory broker remembers per room, to store a retried send once"),
     Option("dedup_ttl", "seconds the Redis broker remembers a client_msg_id, to store a retried send once"),
     Option("broker_timeout", "seconds a Redis call may take before the call fails UNAVAILABLE (never a hang)"),
+    Option("publish_rate", "publishes per second each connection may sustain (RATE_LIMITED beyond); 0: unlimited"),
+    Option("publish_burst", "publishes a connection may make at once before --publish-rate applies"),
     Option("drain_timeout", "seconds a graceful shutdown waits for calls in flight"),
     Option(
         "metrics_port",

@@ -18,7 +18,7 @@ from typing import Any
 from async_chat import ChatClient, Message
 
 from .harness import Report, closed_loop, median_ratio, rotations
-from .processes import LOOPBACK, ServerProcess, start_server
+from .processes import LOOPBACK, UNLIMITED, ServerProcess, start_server
 
 REFERENCE = "metrics-off"
 
@@ -65,8 +65,8 @@ async def run(p: Parameters, progress: Any = print) -> Report:
         "metrics-off": "1 server, memory://, no --metrics-port",
         "metrics-on": "1 server, memory://, --metrics-port, scraped every scrape_every seconds",
     }})
-    off = await start_server()
-    on = await start_server("--metrics-port", "0")
+    off = await start_server(*UNLIMITED)
+    on = await start_server("--metrics-port", "0", *UNLIMITED)
     servers = {"metrics-off": off, "metrics-on": on}
     port = int(next(line for line in on.log if "metrics on http://" in line).split(":")[-1].split("/")[0])
     scraper = asyncio.create_task(_scrape_forever(port, p.scrape_every))

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
+UNLIMITED = ("--publish-rate", "0")
+"""Server flags for benchmarks: they measure the server, not its per-connection rate limit."""
 
 
 class ServerProcess:

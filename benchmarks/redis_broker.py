@@ -29,7 +29,7 @@ from typing import Any
 from async_chat import ChatClient, ChatError, Message, Missed
 
 from .harness import Report, closed_loop, median_ratio, percentile, rotations
-from .processes import LOOPBACK, RedisProcess, ServerProcess, start_server
+from .processes import LOOPBACK, UNLIMITED, RedisProcess, ServerProcess, start_server
 
 REFERENCE = "memory"
 
@@ -149,9 +149,9 @@ async def run(p: Parameters, progress: Any = print) -> Report:
         redis = RedisProcess(Path(scratch), persistent=False)
         await redis.start()
         try:
-            memory = await start_server()
-            a = await start_server("--broker", redis.url)
-            b = await start_server("--broker", redis.url)
+            memory = await start_server(*UNLIMITED)
+            a = await start_server("--broker", redis.url, *UNLIMITED)
+            b = await start_server("--broker", redis.url, *UNLIMITED)
             servers = [memory, a, b]
             ports = {"memory": (memory.port, memory.port), "redis-2-nodes": (a.port, b.port)}
             for index, order in enumerate(rotations(list(ports), p.rounds)):
