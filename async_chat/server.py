@@ -79,7 +79,9 @@ class _Connection:
         self.state = ConnectionState.IDLE
         self.idle_since = time.monotonic()
         self.calls = 0
-        self.peer = _format_peer(writer.get_extra_info("peername"))
+        peername = writer.get_extra_info("peername")
+        self.peer = _format_peer(peername)
+        self.address = str(peername[0]) if isinstance(peername, tuple) and peername else self.peer
         self.shutdown_cancel = False
         self.dialect: wire.Dialect | None = None
         self._unread = b""
@@ -137,6 +139,9 @@ class ChatServer(AsyncResource):
         self.connections_total = 0
         self.refused_total = 0
         self.unreadable_total = 0
+        self._per_address: dict[str, int] = {}
+        self._limits_hit: set[str] = set()
+        """Connection limits reached and not yet left ("" for the total, else an address): logged once."""
         self.monitor: Monitor | None = None
 
     def __repr__(self) -> str:
@@ -270,10 +275,11 @@ class ChatServer(AsyncResource):
         assert task is not None
         assert self._processor is not None
         conn = _Connection(client.reader, client.writer)
-        if self.state is not ServerState.SERVING:
+        if self.state is not ServerState.SERVING or not self._admit(conn):
             conn.close()
             return
         self._connections[task] = conn
+        self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
         self.connections_total += 1
         # This task's own context: the connection's calls all run in it.
         SESSION.set(Session(publishes=TokenBucket(s.publish_rate, s.publish_burst) if s.publish_rate else None))
@@ -305,7 +311,40 @@ class ChatServer(AsyncResource):
             )
         finally:
             self._connections.pop(task, None)
+            self._release_address(conn.address)
             conn.close()
+
+    def _admit(self, conn: _Connection) -> bool:
+        """Whether a new connection fits the limits; a refusal is counted, and logged once per episode."""
+        s = self.settings
+        if len(self._connections) >= s.max_connections:
+            scope, limit = "", s.max_connections
+        elif self._per_address.get(conn.address, 0) >= s.max_connections_per_address:
+            scope, limit = conn.address, s.max_connections_per_address
+        else:
+            return True
+        self.refused_total += 1
+        if scope not in self._limits_hit:
+            self._limits_hit.add(scope)
+            logger.warning(
+                "connection limit reached (%d%s): refusing new connections%s until some close",
+                limit, f" from {scope}" if scope else " in total", f" from {scope}" if scope else "",
+                extra={"event": "limit_hit", "limit": "connections_per_address" if scope else "connections",
+                       "address": scope or None},
+            )
+        return False
+
+    def _release_address(self, address: str) -> None:
+        left = self._per_address.get(address, 1) - 1
+        if left:
+            self._per_address[address] = left
+        else:
+            self._per_address.pop(address, None)
+        # Below a limit again: the next time it is reached is a new episode, logged again.
+        if "" in self._limits_hit and len(self._connections) < self.settings.max_connections:
+            self._limits_hit.discard("")
+        if address in self._limits_hit and left < self.settings.max_connections_per_address:
+            self._limits_hit.discard(address)
 
     def _dialect_of(self, head: bytes, conn: _Connection) -> wire.Dialect | None:
         """The dialect `head` begins, if this server takes it; else None, logged once for the connection."""

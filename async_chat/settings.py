@@ -42,6 +42,8 @@ class Settings:
     max_content_bytes: int = 64 * 1024
     max_name_length: int = 256
     max_subscriptions: int = 100_000
+    max_connections: int = 10_000
+    max_connections_per_address: int = 1_000
     max_rooms: int = 10_000
     dedup_window: int = 10_000
     dedup_ttl: float = 600.0
@@ -78,7 +80,8 @@ class Settings:
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         for name in ("queue_size", "max_poll_messages", "max_content_bytes", "max_name_length",
-                     "max_subscriptions", "max_rooms", "dedup_window"):
+                     "max_subscriptions", "max_rooms", "dedup_window", "max_connections",
+                     "max_connections_per_address"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if self.publish_rate < 0:
@@ -152,6 +155,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_content_bytes", "largest message content, in UTF-8 bytes (TOO_LARGE beyond)"),
     Option("max_name_length", "longest sender, room or client_msg_id, in characters (TOO_LARGE beyond)"),
     Option("max_subscriptions", "subscriptions the server holds at once (UNAVAILABLE beyond)"),
+    Option("max_connections", "client connections open at once; more are closed at once, logged once per episode"),
+    Option("max_connections_per_address", "client connections open at once from one IP address; more are closed"),
     Option("max_rooms", "rooms the server keeps (a publish opening one more is refused: UNAVAILABLE)"),
     Option("dedup_window", "client_msg_ids the memory broker remembers per room, to store a retried send once"),
     Option("dedup_ttl", "seconds the Redis broker remembers a client_msg_id, to store a retried send once"),
