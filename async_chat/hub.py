@@ -45,6 +45,13 @@ class HubLimits:
     queue_size: int = 1000
     subscription_ttl: float = 60.0
     max_subscriptions: int = 100_000
+    overflow: str = "drop-oldest"
+    """A full queue's next message: "drop-oldest" drops the queue's oldest (counted in missed);
+    "drop-subscription" ends the subscription (its next poll gets NO_SUCH_SUBSCRIPTION, and subscribing
+    again from next_seq replays what history still holds)."""
+
+
+OVERFLOW_POLICIES = ("drop-oldest", "drop-subscription")
 
 
 class _Subscriber:
@@ -104,6 +111,7 @@ class Hub:
         self.delivered_total = 0
         self.missed_total = 0
         self.dropped_total = 0
+        self.evicted_total = 0
         self.expired_total = 0
         self.polls_waiting = 0
         """Long-polls currently waiting for a message."""
@@ -156,11 +164,15 @@ class Hub:
             return
         limit = self.limits.queue_size
         seq = message.seq
+        evict: list[_Subscriber] = []
         for sub in subs:
             if seq < sub.live_start:
                 continue  # part of this subscriber's replay: it reads that from history
             queue = sub.queue
             if len(queue) >= limit:
+                if self.limits.overflow == "drop-subscription":
+                    evict.append(sub)
+                    continue
                 dropped = queue.popleft()
                 sub.missed += 1
                 sub.dropped += 1
@@ -168,6 +180,13 @@ class Hub:
                 self.dropped_total += 1
             queue.append(message)
             sub.wake()
+        for sub in evict:
+            self._remove(sub)
+            self.evicted_total += 1
+            logger.info(
+                "ended subscription %s to %r: its queue of %d was full (--overflow drop-subscription)",
+                sub.id[:8], sub.room, limit, extra={"event": "subscription_evicted", "room": sub.room},
+            )
 
     # -- subscriptions ----------------------------------------------------------------------------
 

@@ -102,6 +102,8 @@ class _StateCollector(Collector):
                       " history that no longer reached back).", hub.missed_total)
         yield counter("subscriptions_expired", "Subscriptions removed after going unpolled for the TTL.",
                       hub.expired_total)
+        yield counter("subscriptions_evicted", "Subscriptions ended because their queue was full"
+                      " (--overflow drop-subscription).", hub.evicted_total)
         yield gauge("broker_up", "1 if the broker is reachable, else 0.", 1 if broker.up else 0)
         yield counter("broker_errors", "Broker calls that failed (answered UNAVAILABLE).", broker.errors)
         yield counter("broker_outages", "Times the broker became unreachable.", broker.outages)

@@ -176,7 +176,7 @@ class ChatServer(AsyncResource):
         try:
             self.port = sock.getsockname()[1]
             broker = open_broker(s)
-            hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions))
+            hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions, s.overflow))
             await hub.start()
             self.hub = hub
             handler = ChatHandler(hub, s, lambda: (len(self._connections), self.connections_total), secret)

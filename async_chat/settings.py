@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from . import logs, wire
 from .brokers import SCHEMES
 from .errors import InvalidRequest
+from .hub import OVERFLOW_POLICIES
 
 TRANSPORTS = (wire.AUTO, *wire.TRANSPORTS)
 PROTOCOLS = (wire.AUTO, *wire.PROTOCOLS)
@@ -35,6 +36,7 @@ class Settings:
     protocol: str = wire.AUTO
     history: int = 1000
     queue_size: int = 1000
+    overflow: str = "drop-oldest"
     subscription_ttl: float = 60.0
     idle_timeout: float = 120.0
     max_poll_wait_ms: int = 30_000
@@ -75,6 +77,8 @@ class Settings:
             problems.append("tls-cert and tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             problems.append("tls-client-ca needs tls-cert and tls-key (client certificates are checked over TLS)")
+        if self.overflow not in OVERFLOW_POLICIES:
+            problems.append(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, not {self.overflow!r}")
         if self.log_format not in LOG_FORMATS:
             problems.append(f"log format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.log_level.upper() not in LOG_LEVELS:
@@ -148,6 +152,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("protocol", "Thrift protocol clients may use; auto takes binary (strict or not) and compact", PROTOCOLS),
     Option("history", "messages each room retains for replay and history(); 0 keeps none"),
     Option("queue_size", "messages buffered per subscription; past it the oldest is dropped and counted as missed"),
+    Option(
+        "overflow",
+        "when a subscription's queue is full: drop its oldest message (counted in missed), or end the"
+        " subscription (its client re-subscribes and replays from history)",
+        OVERFLOW_POLICIES,
+    ),
     Option("subscription_ttl", "seconds a subscription may go unpolled before it expires and frees its queue"),
     Option("idle_timeout", "seconds a connection may sit between calls before it is closed"),
     Option("max_poll_wait_ms", "longest wait_ms a poll may ask for; longer asks are capped"),

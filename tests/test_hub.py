@@ -172,3 +172,24 @@ async def test_a_replay_the_broker_cannot_serve_now_is_an_empty_batch_not_an_err
     hub.broker.history = real_history  # type: ignore[method-assign]
     batch = await hub.poll(sub.subscription_id, 10, 0)
     assert [m.seq for m in batch.messages] == [1, 2, 3]
+
+
+async def test_overflow_can_end_the_subscription_and_a_resubscribe_replays_from_history(clock: Clock) -> None:
+    hub = Hub(MemoryBroker(history=20, dedup_window=3), HubLimits(queue_size=4, overflow="drop-subscription"),
+              clock=clock)
+    await hub.start()
+    try:
+        slow = await hub.subscribe("r", 0)
+        fast = await hub.subscribe("r", 0)
+        await publish(hub, 4)
+        assert len((await hub.poll(fast.subscription_id, 10, 0)).messages) == 4
+        await publish(hub, 1)  # the slow queue is full: the subscription ends, the fast one is untouched
+        with pytest.raises(NoSuchSubscription):
+            await hub.poll(slow.subscription_id, 10, 0)
+        assert hub.evicted_total == 1
+        assert [m.seq for m in (await hub.poll(fast.subscription_id, 10, 0)).messages] == [5]
+        again = await hub.subscribe("r", 1)  # what a client does on NO_SUCH_SUBSCRIPTION: resume
+        batch = await hub.poll(again.subscription_id, 10, 0)
+        assert ([m.seq for m in batch.messages], batch.missed) == ([1, 2, 3, 4, 5], 0)
+    finally:
+        await hub.aclose()
