@@ -86,6 +86,10 @@ class _StateCollector(Collector):
             "connections_unreadable", "Connections closed because a call could not be decoded.",
             server.unreadable_total,
         )
+        yield counter(
+            "connections_oversized", "Connections closed because a call was longer than --max-call-bytes.",
+            server.oversized_total,
+        )
         if hub is None:
             return
         broker = hub.broker

@@ -67,6 +67,14 @@ class ConnectionState(enum.Enum):
     BUSY = "busy"  # a call is being answered: allowed to finish on shutdown
 
 
+BUFFERED_CHUNK = 4096
+"""thriftpy2's buffered transport reads at least this much at a time (TAsyncBufferedTransport.DEFAULT_BUFFER)."""
+
+
+class CallTooLarge(Exception):
+    """A call longer than --max-call-bytes: its connection is closed before the rest is read."""
+
+
 class _Connection:
     """One client connection, as the socket under thriftpy2's transports; it knows if a call is under way.
 
@@ -74,8 +82,11 @@ class _Connection:
     turn IDLE into READING.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_call_bytes: int) -> None:
         self.reader, self.writer = reader, writer
+        self.max_call_bytes = max_call_bytes
+        self.budget = max_call_bytes
+        """Bytes the call being read may still take: past it, the connection is closed."""
         self.state = ConnectionState.IDLE
         self.idle_since = time.monotonic()
         self.calls = 0
@@ -99,12 +110,27 @@ class _Connection:
         return head
 
     async def read(self, sz: int) -> bytes:
+        """Up to `sz` bytes, within the call's byte budget.
+
+        thriftpy2 asks its socket for at least BUFFERED_CHUNK bytes at a time; a larger ask is what a
+        string or frame needs in full, from the length its sender claimed. A claim past the budget is
+        refused before anything is read (a "2 GiB" length allocates nothing), and one within it is read
+        in one piece (thriftpy2 would otherwise append chunk after chunk: quadratic).
+        """
         if self._unread:
             data, self._unread = self._unread[:sz], self._unread[sz:]
             return data
-        data = await self.reader.read(sz)
-        if not data:
-            raise TTransportException(type=TTransportException.END_OF_FILE, message="peer closed the connection")
+        if sz > BUFFERED_CHUNK:
+            if sz > self.budget:
+                raise CallTooLarge(f"a call claimed {sz} bytes more; the limit is {self.max_call_bytes}")
+            data = await self.reader.readexactly(sz)
+        else:
+            if self.budget <= 0:
+                raise CallTooLarge(f"a call ran past the limit of {self.max_call_bytes} bytes")
+            data = await self.reader.read(min(sz, self.budget))
+            if not data:
+                raise TTransportException(type=TTransportException.END_OF_FILE, message="peer closed the connection")
+        self.budget -= len(data)
         if self.state is ConnectionState.IDLE:
             self.state = ConnectionState.READING
         return data
@@ -139,6 +165,7 @@ class ChatServer(AsyncResource):
         self.connections_total = 0
         self.refused_total = 0
         self.unreadable_total = 0
+        self.oversized_total = 0
         self._per_address: dict[str, int] = {}
         self._limits_hit: set[str] = set()
         """Connection limits reached and not yet left ("" for the total, else an address): logged once."""
@@ -274,7 +301,7 @@ class ChatServer(AsyncResource):
         task = asyncio.current_task()
         assert task is not None
         assert self._processor is not None
-        conn = _Connection(client.reader, client.writer)
+        conn = _Connection(client.reader, client.writer, s.max_call_bytes)
         if self.state is not ServerState.SERVING or not self._admit(conn):
             conn.close()
             return
@@ -292,6 +319,7 @@ class ChatServer(AsyncResource):
             while self.state is ServerState.SERVING:
                 conn.state = ConnectionState.IDLE
                 conn.idle_since = time.monotonic()
+                conn.budget = conn.max_call_bytes
                 call = await processor.read_call(prot)
                 conn.state = ConnectionState.BUSY
                 await processor.answer(prot, *call)
@@ -303,6 +331,11 @@ class ChatServer(AsyncResource):
                 raise
             # Our own drain timeout cancelled this call; the task ends here rather than as "cancelled",
             # which asyncio's stream callback would report as an unhandled error.
+        except CallTooLarge as exc:
+            self.oversized_total += 1
+            logger.warning(
+                "closing %r: %s (--max-call-bytes)", conn, exc, extra={"event": "call_too_large", "peer": conn.peer}
+            )
         except Exception as exc:
             self.unreadable_total += 1
             logger.warning(

@@ -42,6 +42,7 @@ class Settings:
     max_poll_wait_ms: int = 30_000
     max_poll_messages: int = 1000
     max_content_bytes: int = 64 * 1024
+    max_call_bytes: int = 1024 * 1024
     max_name_length: int = 256
     max_subscriptions: int = 100_000
     max_connections: int = 10_000
@@ -92,6 +93,10 @@ class Settings:
             problems.append("publish-rate must be 0 (unlimited) or more")
         if self.publish_burst < 1:
             problems.append("publish-burst must be at least 1")
+        if self.max_call_bytes <= self.max_content_bytes:
+            problems.append(
+                f"max-call-bytes ({self.max_call_bytes}) must exceed max-content-bytes ({self.max_content_bytes})"
+            )
         if self.history < 0:
             problems.append("history must be 0 or more")
         if self.max_poll_wait_ms < 0:
@@ -163,6 +168,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_poll_wait_ms", "longest wait_ms a poll may ask for; longer asks are capped"),
     Option("max_poll_messages", "most messages one poll returns; larger asks are capped"),
     Option("max_content_bytes", "largest message content, in UTF-8 bytes (TOO_LARGE beyond)"),
+    Option(
+        "max_call_bytes",
+        "largest call a client may send, in bytes; a longer one (or a length claiming more) closes its"
+        " connection before it is read",
+    ),
     Option("max_name_length", "longest sender, room or client_msg_id, in characters (TOO_LARGE beyond)"),
     Option("max_subscriptions", "subscriptions the server holds at once (UNAVAILABLE beyond)"),
     Option("max_connections", "client connections open at once; more are closed at once, logged once per episode"),

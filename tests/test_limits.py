@@ -1,8 +1,11 @@
-"""Limits a server puts on its clients: publish rates (token buckets per connection), connections."""
+"""Limits a server puts on its clients: call sizes, publish rates (token buckets per connection), connections."""
 
 from __future__ import annotations
 
 import asyncio
+import re
+import resource
+import struct
 
 import pytest
 
@@ -81,3 +84,58 @@ async def test_connections_past_a_limit_are_closed_and_logged_once(
     await wait_until(lambda: server.connection_count == 0)
     async with ChatClient(LOOPBACK, server.port) as later:  # below the limit again: served
         assert await later.publish(Message(sender="s", content="back")) == 1
+
+
+def _publish_call(content_field: bytes, seqid: int = 1) -> bytes:
+    """A strict-binary `publish` call whose Message carries sender "s" and then `content_field` bytes."""
+    name = b"publish"
+    head = struct.pack(">iI", -2147418111, len(name)) + name + struct.pack(">i", seqid)  # 0x80010001: a call
+    sender = b"\x0b\x00\x01" + struct.pack(">i", 1) + b"s"
+    return head + b"\x0c\x00\x01" + sender + content_field
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+@pytest.mark.parametrize("framed", [False, True], ids=["buffered", "framed"])
+async def test_a_2_gib_length_claim_closes_the_connection_without_allocating_it(
+    make_server: ServerFactory, client: ChatClient, caplog: pytest.LogCaptureFixture, framed: bool
+) -> None:
+    server = await make_server()
+    peak_before = _peak_rss_bytes()
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    try:
+        if framed:  # one sound framed call first, then a frame claiming 2 GiB
+            call = _publish_call(b"\x0b\x00\x02" + struct.pack(">i", 2) + b"ok\x00\x00")
+            writer.write(struct.pack(">i", len(call)) + call + struct.pack(">i", 2**31 - 1) + b"\x80\x01")
+        else:  # a string claiming 2 GiB, of which 3 bytes come
+            writer.write(_publish_call(b"\x0b\x00\x02" + struct.pack(">i", 2**31 - 1) + b"abc"))
+        await writer.drain()
+        async with asyncio.timeout(10):
+            rest = await reader.read()  # the framed call's answer (if any), then the server closes
+    finally:
+        writer.close()
+    assert rest.count(b"publish") == (1 if framed else 0)
+    # (the buffered string's 3 bytes already came: 2**31 - 4 more)
+    assert re.search(r"claimed 214748364[47] bytes more; the limit is 1048576 \(--max-call-bytes\)", caplog.text)
+    assert server.oversized_total == 1
+    assert _peak_rss_bytes() - peak_before < 64 * 1024 * 1024  # not the 2 GiB it claimed
+    async with ChatClient(LOOPBACK, server.port) as other:
+        assert await other.publish(Message(sender="s", content="others are served")) == (2 if framed else 1)
+
+
+async def test_a_call_made_of_many_small_pieces_is_cut_at_the_limit(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server(max_call_bytes=20_000, max_content_bytes=1000)
+    unknown_fields = b"".join(b"\x08" + struct.pack(">hi", 100 + i % 1000, i) for i in range(4000))  # 28 KB
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    try:
+        writer.write(_publish_call(unknown_fields))
+        await writer.drain()
+        async with asyncio.timeout(10):
+            assert await reader.read() == b""
+    finally:
+        writer.close()
+    assert "a call ran past the limit of 20000 bytes" in caplog.text
