@@ -78,7 +78,17 @@ class ChatHandler:
         from_seq = from_seq or 0
         if from_seq < 0:
             raise InvalidRequest(f"from_seq must be 0 (live only) or a seq >= 1, not {from_seq}")
-        return await self.hub.subscribe(self._room(room), from_seq)
+        session = SESSION.get()
+        if session is not None:
+            limit = self.settings.max_subscriptions_per_connection
+            if len(session.subscriptions) >= limit:
+                session.subscriptions &= self.hub.live_ids(session.subscriptions)  # forget ended ones first
+            if len(session.subscriptions) >= limit:
+                raise TooLarge(f"this connection holds {limit} subscriptions, its limit; unsubscribe some first")
+        sub = await self.hub.subscribe(self._room(room), from_seq)
+        if session is not None:
+            session.subscriptions.add(sub.subscription_id)
+        return sub
 
     async def poll(self, subscription_id: str | None, max_messages: int | None, wait_ms: int | None) -> Any:
         self._caller()
@@ -99,6 +109,9 @@ class ChatHandler:
         self._caller()
         if subscription_id:
             self.hub.unsubscribe(subscription_id)
+            session = SESSION.get()
+            if session is not None:
+                session.subscriptions.discard(subscription_id)
 
     async def history(self, room: str | None, from_seq: int | None, limit: int | None) -> list[Any]:
         self._caller()

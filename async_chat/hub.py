@@ -219,6 +219,10 @@ class Hub:
             sub.cursor = from_seq
         return Subscription(subscription_id=sub.id, room=room, next_seq=sub.cursor)
 
+    def live_ids(self, ids: set[str]) -> set[str]:
+        """Which of `ids` are subscriptions still held (not unsubscribed, expired or evicted)."""
+        return {i for i in ids if i in self._subs}
+
     def unsubscribe(self, sub_id: str) -> None:
         sub = self._subs.get(sub_id)
         if sub is not None:

@@ -1,4 +1,5 @@
-"""What the server knows about the connection a call came on: who it proved to be, and its publish budget.
+"""What the server knows about the connection a call came on: who it proved to be, its publish budget, and
+the subscriptions it opened.
 
 Every connection is served by a task of its own, and a task's context is its own, so the session lives
 in a context variable that the server sets when the connection opens and the handler reads per call.
@@ -40,6 +41,8 @@ class Session:
     """Who the connection proved to be with authenticate(); None until then (or without auth)."""
     publishes: TokenBucket | None = field(default=None, repr=False)
     """The connection's publish budget; None: unlimited."""
+    subscriptions: set[str] = field(default_factory=set, repr=False)
+    """Subscriptions opened on this connection (some may have ended since: pruned when at the limit)."""
 
 
 SESSION: ContextVar[Session | None] = ContextVar("async_chat_session", default=None)

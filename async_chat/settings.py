@@ -45,6 +45,7 @@ class Settings:
     max_call_bytes: int = 1024 * 1024
     max_name_length: int = 256
     max_subscriptions: int = 100_000
+    max_subscriptions_per_connection: int = 1000
     max_connections: int = 10_000
     max_connections_per_address: int = 1_000
     max_rooms: int = 10_000
@@ -86,7 +87,7 @@ class Settings:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
         for name in ("queue_size", "max_poll_messages", "max_content_bytes", "max_name_length",
                      "max_subscriptions", "max_rooms", "dedup_window", "max_connections",
-                     "max_connections_per_address"):
+                     "max_connections_per_address", "max_subscriptions_per_connection"):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if self.publish_rate < 0:
@@ -175,6 +176,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_name_length", "longest sender, room or client_msg_id, in characters (TOO_LARGE beyond)"),
     Option("max_subscriptions", "subscriptions the server holds at once (UNAVAILABLE beyond)"),
+    Option("max_subscriptions_per_connection", "subscriptions one connection may hold open (TOO_LARGE beyond)"),
     Option("max_connections", "client connections open at once; more are closed at once, logged once per episode"),
     Option("max_connections_per_address", "client connections open at once from one IP address; more are closed"),
     Option("max_rooms", "rooms the server keeps (a publish opening one more is refused: UNAVAILABLE)"),

@@ -9,10 +9,11 @@ import struct
 
 import pytest
 
-from async_chat import ChatClient, Message, RateLimited
+from async_chat import ChatClient, ErrorCode, Message, RateLimited
+from async_chat.contract import WireChatError
 from async_chat.session import TokenBucket
 
-from .conftest import LOOPBACK, ServerFactory, wait_until
+from .conftest import LOOPBACK, ServerFactory, raw_connection, wait_until
 
 
 def test_a_token_bucket_allows_bursts_then_the_rate() -> None:
@@ -139,3 +140,17 @@ async def test_a_call_made_of_many_small_pieces_is_cut_at_the_limit(
     finally:
         writer.close()
     assert "a call ran past the limit of 20000 bytes" in caplog.text
+
+
+async def test_subscriptions_per_connection_are_bounded(make_server: ServerFactory) -> None:
+    server = await make_server(max_subscriptions_per_connection=3)
+    async with raw_connection(server.port) as raw, raw_connection(server.port) as other:
+        subs = [await raw.client.subscribe("r", 0) for _ in range(3)]
+        with pytest.raises(WireChatError) as refused:
+            await raw.client.subscribe("r", 0)
+        assert (refused.value.code, refused.value.reason) == (
+            ErrorCode.TOO_LARGE, "this connection holds 3 subscriptions, its limit; unsubscribe some first"
+        )
+        assert (await other.client.subscribe("r", 0)).subscription_id  # another connection has its own
+        await raw.client.unsubscribe(subs[0].subscription_id)
+        assert (await raw.client.subscribe("r", 0)).subscription_id
