@@ -72,7 +72,8 @@ BUFFERED_CHUNK = 4096
 
 
 class CallTooLarge(Exception):
-    """A call longer than --max-call-bytes: its connection is closed before the rest is read."""
+    """A call longer than --max-call-bytes, or with a negative length: its connection is closed before the
+    rest is read."""
 
 
 class _Connection:
@@ -117,6 +118,10 @@ class _Connection:
         refused before anything is read (a "2 GiB" length allocates nothing), and one within it is read
         in one piece (thriftpy2 would otherwise append chunk after chunk: quadratic).
         """
+        if sz <= 0:  # a negative length from the wire; asyncio would read to EOF for it
+            if sz == 0:
+                return b""
+            raise CallTooLarge(f"a call claimed a negative length ({sz})")
         if self._unread:
             data, self._unread = self._unread[:sz], self._unread[sz:]
             return data
