@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 NODE_EXAMPLE := examples/node
 
-.PHONY: run test lint typecheck pytest bench system-deps clean
+.PHONY: run test lint typecheck pytest bench fuzz system-deps clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m async_chat.server $(ARGS)
@@ -28,6 +28,11 @@ pytest: $(VENV)/.installed
 # The benchmark harness (minutes; needs redis-server): every scenario, figures to benchmarks/results/.
 bench: system-deps $(VENV)/.installed
 	$(BIN)/python -m benchmarks $(ARGS)
+
+# Fuzz the decode path with atheris for SECONDS (default 600); not part of `make test`.
+SECONDS ?= 600
+fuzz: $(VENV)/.installed
+	PYTHON=$(BIN)/python fuzz/run.sh $(SECONDS)
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "async_chat needs Python >= 3.11; set PYTHON=python3.11 or newer")'

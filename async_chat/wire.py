@@ -19,10 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import thriftpy2.contrib.aio.protocol.binary as aio_binary
 from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
 from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocol
 from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
 from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
+from thriftpy2.protocol.exc import TProtocolException
+from thriftpy2.thrift import TType
 
 TRANSPORTS = ("buffered", "framed")
 """The transports a client may choose (the server also takes "auto": any of them)."""
@@ -47,6 +50,44 @@ _TRANSPORT_FACTORIES: dict[str, Any] = {
     "buffered": TAsyncBufferedTransportFactory(),
     "framed": TAsyncFramedTransportFactory(),
 }
+
+
+_SKIPPABLE = frozenset({
+    TType.BOOL, TType.BYTE, TType.DOUBLE, TType.I16, TType.I32, TType.I64, TType.STRING, TType.BINARY,
+    TType.STRUCT, TType.MAP, TType.SET, TType.LIST,
+})
+"""The types whose every value takes at least one byte on the wire."""
+
+
+def _refuse_unskippable(ttype: int) -> None:
+    """thriftpy2 skips a value of type STOP, VOID or an unknown type by reading nothing. A list that claims
+    2**31 of them then loops 2**31 times without reading a byte, and blocks the event loop for hours: a
+    12-byte call took the server down (found by the fuzzer, fuzz/fuzz_decoder.py). Refused here instead;
+    every other type reads at least a byte per value, so the call-size budget bounds the loop."""
+    if ttype not in _SKIPPABLE:
+        raise TProtocolException(TProtocolException.INVALID_DATA, f"no value of type {ttype} can be skipped")
+
+
+_thriftpy2_binary_skip: Any = aio_binary.skip
+_MAX_DEPTH: int = getattr(aio_binary, "DEFAULT_MAX_DEPTH", 64)
+
+
+async def _safe_binary_skip(inbuf: Any, ftype: int, budget: int = _MAX_DEPTH) -> None:
+    _refuse_unskippable(ftype)
+    await _thriftpy2_binary_skip(inbuf, ftype, budget)
+
+
+# thriftpy2's binary decoder calls its module-level `skip` (for unknown fields and methods, and for its
+# own recursion): replace it there, for every binary protocol in the process, ours and the client's.
+aio_binary.skip = _safe_binary_skip
+
+
+class _SafeCompactProtocol(TAsyncCompactProtocol):
+    """Compact, with the same refusal; its skip is a method that recurses through `self.skip`."""
+
+    async def skip(self, ttype: int) -> None:  # type: ignore[override]  # the aio base is async
+        _refuse_unskippable(ttype)
+        await super().skip(ttype)  # type: ignore[no-untyped-call]
 
 
 class _NonStrictBinaryProtocol(TAsyncBinaryProtocol):
@@ -88,7 +129,7 @@ class Dialect:
         """A thriftpy2 aio protocol over `stream` (anything with StreamHandler's read/write/flush/close)."""
         trans = _TRANSPORT_FACTORIES[self.transport].get_transport(stream)
         if self.protocol == "compact":
-            return TAsyncCompactProtocol(trans)
+            return _SafeCompactProtocol(trans)  # type: ignore[no-untyped-call]
         return TAsyncBinaryProtocol(trans) if self.strict else _NonStrictBinaryProtocol(trans)
 
     def allowed_by(self, transport: str, protocol: str) -> bool:

@@ -116,6 +116,10 @@ CORPUS = {
     "deep-nesting": call(b"publish", b"\x0c\x00\x05" * 5000 + b"\x00" * 5000 + b"\x00"),
     "huge-list-claim": call(b"publish", b"\x0f\x00\x05\x03" + struct.pack(">i", 2**31 - 1) + b"\x01\x02"),
     "unknown-method": call(b"noSuchMethod", b"\x00"),
+    # 2**31 values of a type that takes no bytes: thriftpy2 would loop without reading (the fuzzer's find).
+    "zero-width-list-in-unknown-method": call(b"noSuchMethod", b"\x0f\x00\x01\x00" + struct.pack(">i", 2**31 - 1)),
+    "zero-width-list-in-message": call(b"publish", message(b"\x0f\x00\x09\x01" + struct.pack(">i", 2**31 - 1))),
+    "zero-width-map": call(b"publish", message(b"\x0d\x00\x09\x00\x00" + struct.pack(">i", 2**31 - 1))),
     "reply-not-call": struct.pack(">iI", -2147418110, 7) + b"publish" + b"\x00\x00\x00\x01\x00",
 }
 
