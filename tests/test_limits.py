@@ -154,3 +154,24 @@ async def test_subscriptions_per_connection_are_bounded(make_server: ServerFacto
         assert (await other.client.subscribe("r", 0)).subscription_id  # another connection has its own
         await raw.client.unsubscribe(subs[0].subscription_id)
         assert (await raw.client.subscribe("r", 0)).subscription_id
+
+
+async def test_a_call_trickling_in_a_byte_at_a_time_is_cut_at_the_idle_timeout(make_server: ServerFactory) -> None:
+    server = await make_server(idle_timeout=0.5, max_poll_wait_ms=100)
+    whole = _publish_call(b"\x0b\x00\x02" + struct.pack(">i", 100) + b"x" * 100 + b"\x00\x00")
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    closed = asyncio.create_task(reader.read())  # b"" once the server closes it
+    sent = 0
+    try:
+        async with asyncio.timeout(10):
+            while not closed.done() and sent < len(whole):
+                writer.write(whole[sent:sent + 1])
+                sent += 1
+                await asyncio.wait({closed}, timeout=0.05)  # the attacker's pace: a byte every 50 ms
+        assert closed.done()
+        assert await closed == b""
+        assert sent < len(whole)  # cut off before the call was complete
+    finally:
+        closed.cancel()
+        writer.close()
+    await wait_until(lambda: server.connection_count == 0)
