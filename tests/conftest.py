@@ -70,6 +70,18 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
             await asyncio.sleep(0.01)
 
 
+async def read_to_close(reader: asyncio.StreamReader) -> bytes:
+    """All the server sends until it closes the connection. A close that leaves bytes we sent unread
+    arrives as a reset rather than an end of stream; both mean the server closed it."""
+    data = b""
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
 class RawConnection:
     """One plain thriftpy2 aio client on its own connection: for asserting what the wire carries."""
 

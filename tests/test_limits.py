@@ -13,7 +13,7 @@ from async_chat import ChatClient, ErrorCode, Message, RateLimited
 from async_chat.contract import WireChatError
 from async_chat.session import TokenBucket
 
-from .conftest import LOOPBACK, ServerFactory, raw_connection, wait_until
+from .conftest import LOOPBACK, ServerFactory, raw_connection, read_to_close, wait_until
 
 
 def test_a_token_bucket_allows_bursts_then_the_rate() -> None:
@@ -55,7 +55,7 @@ async def _refused(port: int) -> bool:
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     try:
         async with asyncio.timeout(5):
-            return await reader.read() == b""
+            return await read_to_close(reader) == b""
     finally:
         writer.close()
 
@@ -114,7 +114,7 @@ async def test_a_2_gib_length_claim_closes_the_connection_without_allocating_it(
             writer.write(_publish_call(b"\x0b\x00\x02" + struct.pack(">i", 2**31 - 1) + b"abc"))
         await writer.drain()
         async with asyncio.timeout(10):
-            rest = await reader.read()  # the framed call's answer (if any), then the server closes
+            rest = await read_to_close(reader)  # the framed call's answer (if any), then the server closes
     finally:
         writer.close()
     assert rest.count(b"publish") == (1 if framed else 0)
@@ -136,7 +136,7 @@ async def test_a_call_made_of_many_small_pieces_is_cut_at_the_limit(
         writer.write(_publish_call(unknown_fields))
         await writer.drain()
         async with asyncio.timeout(10):
-            assert await reader.read() == b""
+            assert await read_to_close(reader) == b""
     finally:
         writer.close()
     assert "a call ran past the limit of 20000 bytes" in caplog.text
@@ -160,7 +160,7 @@ async def test_a_call_trickling_in_a_byte_at_a_time_is_cut_at_the_idle_timeout(m
     server = await make_server(idle_timeout=0.5, max_poll_wait_ms=100)
     whole = _publish_call(b"\x0b\x00\x02" + struct.pack(">i", 100) + b"x" * 100 + b"\x00\x00")
     reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
-    closed = asyncio.create_task(reader.read())  # b"" once the server closes it
+    closed = asyncio.create_task(read_to_close(reader))  # done once the server closes it
     sent = 0
     try:
         async with asyncio.timeout(10):

@@ -13,6 +13,8 @@ import pytest
 from async_chat import ChatClient, Message
 from benchmarks.processes import LOOPBACK, ServerProcess, start_server
 
+from .conftest import read_to_close
+
 pytestmark = pytest.mark.one_loop  # the server is a process of its own
 
 MiB = 1024 * 1024
@@ -47,7 +49,7 @@ async def test_memory_stays_bounded_under_three_attacks_and_normal_service_goes_
             head = struct.pack(">iI", -2147418111, 7) + b"publish" + struct.pack(">i", 1)
             writer.write(head + b"\x0c\x00\x01\x0b\x00\x02" + struct.pack(">i", 2**31 - 1) + b"x" * 1000)
             async with asyncio.timeout(10):
-                assert await reader.read() == b""  # closed before it read the rest
+                assert await read_to_close(reader) == b""  # closed before it read the rest
             writer.close()
             await normal_service(client, normal.subscription_id, 100)
             figures["2 GiB claim"] = (rss(server) - base) / MiB

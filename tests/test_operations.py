@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from async_chat import ChatClient, InvalidRequest, Message
 from benchmarks.processes import LOOPBACK, RedisProcess, ServerProcess, start_server
 
+from .conftest import read_to_close
+
 pytestmark = pytest.mark.one_loop  # the servers are processes of their own
 
 
@@ -65,7 +67,7 @@ async def test_metrics_after_traffic_show_the_counts_it_implies(server: ServerPr
     reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
     writer.write(b"GET / HTTP/1.1\r\n\r\n")  # not Thrift: refused
     async with asyncio.timeout(5):
-        await reader.read()
+        await read_to_close(reader)
     writer.close()
 
     m = await scrape(metrics_port(server))
@@ -132,7 +134,7 @@ async def test_json_logs_parse_and_name_their_events() -> None:
     reader, writer = await asyncio.open_connection(LOOPBACK, node.port)
     writer.write(b"\x16\x03\x01\x02\x00\x01")  # a TLS hello: refused, and logged once
     async with asyncio.timeout(5):
-        await reader.read()
+        await read_to_close(reader)
     writer.close()
     assert await node.stop() == 0
     records = [json.loads(line) for line in node.log]  # every line is one JSON object

@@ -15,7 +15,7 @@ from async_chat import ChatClient, ChatServer, Message, ServerError, Settings, U
 from async_chat.contract import WireChatError
 from async_chat.server import ConnectionState
 
-from .conftest import LOOPBACK, ServerFactory, raw_connection, wait_until
+from .conftest import LOOPBACK, ServerFactory, raw_connection, read_to_close, wait_until
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ async def test_what_is_not_thrift_is_refused_with_a_log_line_and_others_are_serv
         writer.write(first_bytes)
         await writer.drain()
         async with asyncio.timeout(5):
-            assert await reader.read() == b""  # the server closed it
+            assert await read_to_close(reader) == b""  # the server closed it
     finally:
         writer.close()
     assert hint in caplog.text
@@ -106,7 +106,7 @@ async def test_a_client_that_stops_inside_its_first_bytes_is_closed_as_idle(make
     writer.write(b"\x00\x00")  # two bytes of a frame length, then nothing
     await writer.drain()
     async with asyncio.timeout(5):
-        assert await reader.read() == b""
+        assert await read_to_close(reader) == b""
     writer.close()
     await wait_until(lambda: server.connection_count == 0)
 
