@@ -62,7 +62,7 @@ _SKIPPABLE = frozenset({
 def _refuse_unskippable(ttype: int) -> None:
     """thriftpy2 skips a value of type STOP, VOID or an unknown type by reading nothing. A list that claims
     2**31 of them then loops 2**31 times without reading a byte, and blocks the event loop for hours: a
-    12-byte call took the server down (found by the fuzzer, fuzz/fuzz_decoder.py). Refused here instead;
+    call of about 20 bytes took the server down (found by the fuzzer, fuzz/fuzz_decoder.py). Refused here;
     every other type reads at least a byte per value, so the call-size budget bounds the loop."""
     if ttype not in _SKIPPABLE:
         raise TProtocolException(TProtocolException.INVALID_DATA, f"no value of type {ttype} can be skipped")
