@@ -32,7 +32,7 @@ def machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("async-chat", "thriftpy2", "uvloop", "redis"):
         try:
             versions[dist] = metadata.version(dist)
@@ -113,6 +113,16 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summarize(self, reference: str, ratios: Sequence[str]) -> None:
+        """Each configuration's median of every figure over the rounds, and for `ratios` the median of
+        per-round ratios to `reference` (named `<figure>_ratio_to_<reference>`)."""
+        for name in self.rounds[0]:
+            figures = self.rounds[0][name].keys()
+            self.summary[name] = {m: statistics.median(r[name][m] for r in self.rounds) for m in figures}
+            self.summary[name].update(
+                {f"{m}_ratio_to_{reference}": median_ratio(self.rounds, name, reference, m) for m in ratios}
+            )
 
 
 def write(reports: list[Report], out: Path) -> None:

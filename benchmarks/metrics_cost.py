@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 from dataclasses import dataclass
 from typing import Any
 
 from async_chat import ChatClient, Message
 
-from .harness import Report, closed_loop, median_ratio, rotations
+from .harness import Report, closed_loop, rotations
 from .processes import LOOPBACK, UNLIMITED, ServerProcess, start_server
 
 REFERENCE = "metrics-off"
@@ -86,11 +85,5 @@ async def run(p: Parameters, progress: Any = print) -> Report:
             await scraper
         for server in servers.values():
             await server.kill()
-    for name in servers:
-        metrics = report.rounds[0][name].keys()
-        report.summary[name] = {m: statistics.median(r[name][m] for r in report.rounds) for m in metrics}
-        report.summary[name].update(
-            {f"{m}_ratio_to_{REFERENCE}": median_ratio(report.rounds, name, REFERENCE, m)
-             for m in ("publishes_per_s", "server_cpu_us_per_publish")}
-        )
+    report.summarize(REFERENCE, ("publishes_per_s", "server_cpu_us_per_publish"))
     return report

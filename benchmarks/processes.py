@@ -127,7 +127,7 @@ class RedisProcess:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         assert self.proc.stdout is not None
-        seen = []
+        seen: list[str] = []
         async with asyncio.timeout(20):
             while True:
                 line = (await self.proc.stdout.readline()).decode()

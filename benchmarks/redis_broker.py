@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from async_chat import ChatClient, ChatError, Message, Missed
 
-from .harness import Report, closed_loop, median_ratio, percentile, rotations
+from .harness import Report, closed_loop, percentile, rotations
 from .processes import LOOPBACK, UNLIMITED, RedisProcess, ServerProcess, start_server
 
 REFERENCE = "memory"
@@ -167,12 +166,6 @@ async def run(p: Parameters, progress: Any = print) -> Report:
             for server in servers:
                 await server.kill()
             await redis.kill()
-    for name in ports:
-        metrics = report.rounds[0][name].keys()
-        report.summary[name] = {m: statistics.median(r[name][m] for r in report.rounds) for m in metrics}
-        report.summary[name].update(
-            {f"{m}_ratio_to_{REFERENCE}": median_ratio(report.rounds, name, REFERENCE, m)
-             for m in ("publishes_per_s", "deliveries_per_s", "latency_p99_ms")}
-        )
+    report.summarize(REFERENCE, ("publishes_per_s", "deliveries_per_s", "latency_p99_ms"))
     report.notes.append("load and all servers share this machine's cores; ratios are per round, then the median")
     return report
