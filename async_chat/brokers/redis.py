@@ -143,6 +143,8 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, *, history: int, dedup_ttl: float, timeout: float, max_rooms: int) -> None:
         self.url = url
+        self._shown_url = redact(url)
+        """The URL for logs and errors: no credentials."""
         self._history = history
         self._maxlen = max(history, DELIVERY_BACKLOG)
         self._dedup_ttl_ms = max(int(dedup_ttl * 1000), 1)
@@ -173,7 +175,7 @@ class RedisBroker(Broker):
 
     def __repr__(self) -> str:
         state = "up" if self.up else f"DOWN ({self._outage})"
-        return f"<RedisBroker {self._safe_url()} {state} watched={len(self._watched)} epoch={self._epoch}>"
+        return f"<RedisBroker {self._shown_url} {state} watched={len(self._watched)} epoch={self._epoch}>"
 
     def _connect(self, **options: Any) -> aioredis.Redis:
         return aioredis.Redis.from_url(
@@ -185,9 +187,6 @@ class RedisBroker(Broker):
             **options,
         )
 
-    def _safe_url(self) -> str:
-        return redact(self.url)
-
     # -- lifecycle -----------------------------------------------------------------------------------
 
     async def start(self, deliver: Deliver) -> None:
@@ -197,7 +196,7 @@ class RedisBroker(Broker):
                 await self._resync()
         except _FAILURES as exc:
             await self._redis.aclose()
-            raise Unavailable(f"cannot reach the broker {self._safe_url()}: {_describe(exc)}") from None
+            raise Unavailable(f"cannot reach the broker {self._shown_url}: {_describe(exc)}") from None
         self._deliver = deliver
         self._reader = asyncio.create_task(self._read_forever(), name="async_chat.redis.reader")
         self._writer = asyncio.create_task(self._write_forever(), name="async_chat.redis.writer")
@@ -330,7 +329,7 @@ class RedisBroker(Broker):
     async def watch(self, room: str) -> None:
         if room in self._watched:
             return
-        last = max(int(await self._call(self._redis.get(_seq_key(room))) or 0), self._known.get(room, 0))
+        last = await self.next_seq(room) - 1
         self._watched[room] = max(last, self._watched.get(room, 0))
         self._watch_changed.set()
         if self._reader_blocked and self._reader_id is not None:
@@ -434,7 +433,7 @@ class RedisBroker(Broker):
             self._outage = _describe(exc)
             logger.warning(
                 "broker %s unreachable (%s): publishes answer UNAVAILABLE until it is back; reconnecting",
-                self._safe_url(), self._outage, extra={"event": "broker_down", "reason": self._outage},
+                self._shown_url, self._outage, extra={"event": "broker_down", "reason": self._outage},
             )
 
     def _mark_up(self) -> None:
@@ -442,7 +441,7 @@ class RedisBroker(Broker):
             self.up = True
             down_for = time.monotonic() - self._down_since
             logger.warning(
-                "broker %s reachable again after %.1fs", self._safe_url(), down_for,
+                "broker %s reachable again after %.1fs", self._shown_url, down_for,
                 extra={"event": "broker_up", "down_s": round(down_for, 3)},
             )
 
