@@ -252,12 +252,12 @@ class Hub:
                     loop = asyncio.get_running_loop()
                     sub.waiter = loop.create_future()
                     self.polls_waiting += 1
+                    # A timer, not asyncio.timeout: a poll may start outside any task (connection.py).
+                    expiry = loop.call_later(wait, sub.wake)
                     try:
-                        async with asyncio.timeout(wait):
-                            await sub.waiter
-                    except TimeoutError:
-                        pass
+                        await sub.waiter
                     finally:
+                        expiry.cancel()
                         sub.waiter = None
                         self.polls_waiting -= 1
                     messages = await self._collect(sub, max_messages)

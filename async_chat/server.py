@@ -1,10 +1,15 @@
 """ChatServer: listen, serve, drain, stop — and `python -m async_chat.server`.
 
-Built on thriftpy2's `make_aio_server` (its socket, transports, protocols and processor), with four of its
-behaviours replaced, each for a reason from THRIFTPY2.md:
-- Its `client_timeout` cuts every connection a fixed time after it opened, busy or not. We pass None and
-  close connections that sit `idle_timeout` between calls (always longer than the longest poll); a call
-  that has not fully arrived by then counts as idle too. One sweeper task checks every connection a few
+thriftpy2 is our Thrift layer: the IDL, its types, its codecs. Its aio server (`make_aio_server`) is not
+what serves connections any more; each of its parts we replaced has a reason, from THRIFTPY2.md or from
+a profile:
+- Its connections are tasks awaiting a StreamReader, and it decodes a call value by value, awaiting each:
+  a void `sendMessage` cost more Python than the network did. Ours are `asyncio.Protocol`s (connection.py)
+  that decode whole calls from memory with thriftpy2's Cython codec (codec.py) and run each call eagerly,
+  without a task unless it has to wait.
+- Its `client_timeout` cuts every connection a fixed time after it opened, busy or not. We close
+  connections that sit `idle_timeout` between calls (always longer than the longest poll); a call that
+  has not fully arrived by then counts as idle too. One sweeper task checks every connection a few
   times per timeout, rather than a timer armed and cancelled around every call.
 - Its listening socket sets SO_REUSEPORT, so a second server on a busy port silently shares it. We bind
   our own socket without it: a port in use is an error.
@@ -15,7 +20,6 @@ behaviours replaced, each for a reason from THRIFTPY2.md:
   inside the caller's loop, tracks its connections, and on close stops accepting, wakes long-polls,
   closes idle connections, lets calls in flight finish (up to `drain_timeout`), then cancels the rest.
 """
-
 from __future__ import annotations
 
 import argparse
@@ -30,19 +34,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from anyio.abc import AsyncResource
-from thriftpy2.contrib.aio.socket import StreamHandler
-from thriftpy2.rpc import make_aio_server  # type: ignore[attr-defined]
-from thriftpy2.transport import TTransportException
 
 from . import auth, logs, wire
 from . import settings as settings_module
 from .brokers import open_broker, redact
+from .codec import Codec
+from .connection import Connection, ConnectionState
 from .contract import ChatService
 from .errors import ChatError, InvalidRequest
 from .handler import ChatHandler
 from .hub import Hub, HubLimits
 from .processor import ChatProcessor
-from .session import SESSION, Session, TokenBucket
+from .session import Session, TokenBucket
 from .settings import Settings
 from .tasks import cancel_and_wait, every, housekeeping_interval
 
@@ -61,98 +64,6 @@ class ServerState(enum.Enum):
     CLOSED = "closed"
 
 
-class ConnectionState(enum.Enum):
-    IDLE = "idle"  # waiting for the first byte of the next call: closed at once on shutdown
-    READING = "reading"  # a call is arriving
-    BUSY = "busy"  # a call is being answered: allowed to finish on shutdown
-
-
-BUFFERED_CHUNK = 4096
-"""thriftpy2's buffered transport reads at least this much at a time (TAsyncBufferedTransport.DEFAULT_BUFFER)."""
-
-
-class CallTooLarge(Exception):
-    """A call longer than --max-call-bytes, or with a negative length: its connection is closed before the
-    rest is read."""
-
-
-class _Connection:
-    """One client connection, as the socket under thriftpy2's transports; it knows if a call is under way.
-
-    The same five methods as thriftpy2's `StreamHandler`, plus the state: the first bytes of a call
-    turn IDLE into READING.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_call_bytes: int) -> None:
-        self.reader, self.writer = reader, writer
-        self.max_call_bytes = max_call_bytes
-        self.budget = max_call_bytes
-        """Bytes the call being read may still take: past it, the connection is closed."""
-        self.state = ConnectionState.IDLE
-        self.idle_since = time.monotonic()
-        self.calls = 0
-        peername = writer.get_extra_info("peername")
-        self.peer = _format_peer(peername)
-        self.address = str(peername[0]) if isinstance(peername, tuple) and peername else self.peer
-        self.shutdown_cancel = False
-        self.dialect: wire.Dialect | None = None
-        self._unread = b""
-
-    def __repr__(self) -> str:
-        return f"<Connection {self.peer} {self.dialect or '?'} [{self.state.name}, calls={self.calls}]>"
-
-    async def read_head(self) -> bytes:
-        """The first bytes of the first call, enough for `wire.detect`; later reads return them again."""
-        head = await self.reader.readexactly(1)
-        self.state = ConnectionState.READING
-        if wire.needs_more(head):
-            head += await self.reader.readexactly(wire.HEAD_SIZE - 1)
-        self._unread = head
-        return head
-
-    async def read(self, sz: int) -> bytes:
-        """Up to `sz` bytes, within the call's byte budget.
-
-        thriftpy2 asks its socket for at least BUFFERED_CHUNK bytes at a time; a larger ask is what a
-        string or frame needs in full, from the length its sender claimed. A claim past the budget is
-        refused before anything is read (a "2 GiB" length allocates nothing), and one within it is read
-        in one piece (thriftpy2 would otherwise append chunk after chunk: quadratic).
-        """
-        if sz <= 0:  # a negative length from the wire; asyncio would read to EOF for it
-            if sz == 0:
-                return b""
-            raise CallTooLarge(f"a call claimed a negative length ({sz})")
-        if self._unread:
-            data, self._unread = self._unread[:sz], self._unread[sz:]
-            return data
-        if sz > BUFFERED_CHUNK:
-            if sz > self.budget:
-                raise CallTooLarge(f"a call claimed {sz} bytes more; the limit is {self.max_call_bytes}")
-            data = await self.reader.readexactly(sz)
-        else:
-            if self.budget <= 0:
-                raise CallTooLarge(f"a call ran past the limit of {self.max_call_bytes} bytes")
-            data = await self.reader.read(min(sz, self.budget))
-            if not data:
-                raise TTransportException(type=TTransportException.END_OF_FILE, message="peer closed the connection")
-        self.budget -= len(data)
-        if self.state is ConnectionState.IDLE:
-            self.state = ConnectionState.READING
-        return data
-
-    def write(self, buff: bytes) -> None:
-        self.writer.write(buff)
-
-    async def flush(self) -> None:
-        await self.writer.drain()
-
-    def close(self) -> None:
-        self.writer.close()
-
-    async def open(self) -> None:
-        pass
-
-
 class ChatServer(AsyncResource):
     """The message service on one TCP port. Use as `async with ChatServer(settings) as server:`."""
 
@@ -163,8 +74,13 @@ class ChatServer(AsyncResource):
         self.hub: Hub | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._connections: dict[asyncio.Task[Any], _Connection] = {}
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        """Calls in flight that wait (long polls, broker round trips): each connection's, awaited on close."""
         self._processor: ChatProcessor | None = None
+        self._codecs: dict[tuple[str, bool], Codec] = {}
+        self.eager = False
+        """Whether calls may start outside a task (see `Broker.eager`)."""
         self.host = self.settings.host
         self.port = self.settings.port
         self.connections_total = 0
@@ -211,24 +127,16 @@ class ChatServer(AsyncResource):
             hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions, s.overflow))
             await hub.start()
             self.hub = hub
+            self.eager = broker.eager
             handler = ChatHandler(hub, s, lambda: (len(self._connections), self.connections_total), secret)
-            thrift_server = make_aio_server(
-                ChatService,
-                handler,
-                host=s.host,
-                port=self.port,
-                client_timeout=None,
-                loop=asyncio.get_running_loop(),
-            )
             metrics = None
             if s.metrics_port is not None:
                 metrics, self.monitor = _monitor(self, s.host, s.metrics_port)
                 await self.monitor.start()
             self._processor = ChatProcessor(ChatService, handler, metrics)
-            thrift_server.trans.raw_sock = sock  # our socket: no SO_REUSEPORT
-            thrift_server.trans.ssl_context = tls  # our context (never thriftpy2's fallbacks)
             self.state = ServerState.SERVING  # before accepting: the first connection may arrive at once
-            self._listener = await thrift_server.trans.accept(self._serve)
+            loop = asyncio.get_running_loop()
+            self._listener = await loop.create_server(lambda: Connection(self), sock=sock, ssl=tls)
             interval = housekeeping_interval(s.idle_timeout, cap=1.0)
             sweep = every(interval, self._close_idle)
             self._sweeper = asyncio.create_task(sweep, name="async_chat.server.idle-sweeper")
@@ -279,80 +187,68 @@ class ChatServer(AsyncResource):
             self._listener.close()
             await cancel_and_wait(self._sweeper)
             self.hub.begin_shutdown()
-            for conn in self._connections.values():
+            for conn in list(self._connections):
                 if conn.state is ConnectionState.IDLE:
                     conn.close()
-            pending = set(self._connections)
+            pending = {conn.closed for conn in self._connections}
             if pending:
                 _done, pending = await asyncio.wait(pending, timeout=self.settings.drain_timeout)
             if pending:
                 logger.warning("drain timeout: cancelling %d call(s) still in flight", len(pending))
         finally:
-            # Whatever happened above (even our own cancellation), no connection task outlives us.
-            for task in list(self._connections):
-                self._connections[task].shutdown_cancel = True
-                task.cancel()
-            if self._connections:
-                await asyncio.wait(set(self._connections))
+            # Whatever happened above (even our own cancellation), no connection or call outlives us.
+            for conn in list(self._connections):
+                conn.abort()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
             await self.hub.aclose()
             if self.monitor is not None:
                 await self.monitor.aclose()
             self.state = ServerState.CLOSED
             logger.info("stopped", extra={"event": "stopped"})
 
-    async def _serve(self, client: StreamHandler) -> None:
-        """Serve one connection: its calls one after another, until it closes, idles out, or we stop."""
-        s = self.settings
-        task = asyncio.current_task()
-        assert task is not None
+    # -- what connections ask of their server ---------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        return self.state is ServerState.SERVING
+
+    @property
+    def processor(self) -> ChatProcessor:
         assert self._processor is not None
-        conn = _Connection(client.reader, client.writer, s.max_call_bytes)
+        return self._processor
+
+    def admit(self, conn: Connection) -> bool:
+        """Register a new connection if it fits the limits (and we still serve); False: close it."""
         if self.state is not ServerState.SERVING or not self._admit(conn):
-            conn.close()
-            return
-        self._connections[task] = conn
+            return False
+        self._connections.add(conn)
         self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
         self.connections_total += 1
-        # This task's own context: the connection's calls all run in it.
-        SESSION.set(Session(publishes=TokenBucket(s.publish_rate, s.publish_burst) if s.publish_rate else None))
-        processor = self._processor
-        try:
-            conn.dialect = dialect = self._dialect_of(await conn.read_head(), conn)
-            if dialect is None:
-                return
-            prot = dialect.protocol_on(conn)
-            while self.state is ServerState.SERVING:
-                conn.state = ConnectionState.IDLE
-                conn.idle_since = time.monotonic()
-                conn.budget = conn.max_call_bytes
-                call = await processor.read_call(prot)
-                conn.state = ConnectionState.BUSY
-                await processor.answer(prot, *call)
-                conn.calls += 1
-        except (TTransportException, ConnectionError, asyncio.IncompleteReadError):
-            pass  # the peer went away
-        except asyncio.CancelledError:
-            if not conn.shutdown_cancel:
-                raise
-            # Our own drain timeout cancelled this call; the task ends here rather than as "cancelled",
-            # which asyncio's stream callback would report as an unhandled error.
-        except CallTooLarge as exc:
-            self.oversized_total += 1
-            logger.warning(
-                "closing %r: %s (--max-call-bytes)", conn, exc, extra={"event": "call_too_large", "peer": conn.peer}
-            )
-        except Exception as exc:
-            self.unreadable_total += 1
-            logger.warning(
-                "closing %r: unreadable request (%s: %s)", conn, type(exc).__name__, exc,
-                extra={"event": "connection_unreadable", "peer": conn.peer},
-            )
-        finally:
-            self._connections.pop(task, None)
-            self._release_address(conn.address)
-            conn.close()
+        return True
 
-    def _admit(self, conn: _Connection) -> bool:
+    def forget(self, conn: Connection) -> None:
+        """A registered connection has closed."""
+        self._connections.discard(conn)
+        self._release_address(conn.address)
+
+    def new_session(self) -> Session:
+        s = self.settings
+        return Session(publishes=TokenBucket(s.publish_rate, s.publish_burst) if s.publish_rate else None)
+
+    def codec_for(self, dialect: wire.Dialect) -> Codec:
+        key = (dialect.protocol, dialect.strict)
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = self._codecs[key] = Codec(ChatService, dialect.protocol, dialect.strict)
+        return codec
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Own a waiting call's task until it ends, so that close() can await it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _admit(self, conn: Connection) -> bool:
         """Whether a new connection fits the limits; a refusal is counted, and logged once per episode."""
         s = self.settings
         if len(self._connections) >= s.max_connections:
@@ -384,7 +280,7 @@ class ChatServer(AsyncResource):
         if address in self._limits_hit and left < self.settings.max_connections_per_address:
             self._limits_hit.discard(address)
 
-    def _dialect_of(self, head: bytes, conn: _Connection) -> wire.Dialect | None:
+    def dialect_of(self, head: bytes, conn: Connection) -> wire.Dialect | None:
         """The dialect `head` begins, if this server takes it; else None, logged once for the connection."""
         s = self.settings
         dialect = wire.detect(head)
@@ -407,7 +303,7 @@ class ChatServer(AsyncResource):
         """Close connections that have waited `idle_timeout` for their next call to arrive."""
         timeout = self.settings.idle_timeout
         deadline = time.monotonic() - timeout
-        for conn in self._connections.values():
+        for conn in list(self._connections):
             if conn.state is not ConnectionState.BUSY and conn.idle_since < deadline:
                 logger.debug("closing %r: idle for %gs", conn, timeout)
                 conn.close()
@@ -454,13 +350,6 @@ def _hint(head: bytes) -> str:
     if head[:4] in (b"GET ", b"POST", b"HEAD", b"PUT ", b"PRI "):
         return " (an HTTP request)"
     return ""
-
-
-def _format_peer(peer: Any) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        host, port = peer[0], peer[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(peer)
 
 
 # -- the command line ---------------------------------------------------------------------------------

@@ -42,6 +42,17 @@ MAX_FIRST_FRAME = 16 * 1024 * 1024
 """A first frame claiming more than this is not a chat call: a TLS handshake (16 03 01 02 00) would
 otherwise pass for a 352 MiB frame of non-strict binary."""
 
+
+
+class CallTooLarge(Exception):
+    """A call longer than --max-call-bytes, or with a negative length: its connection is closed before the
+    rest is read."""
+
+
+class TruncatedCall(Exception):
+    """A frame that ended before the call in it did."""
+
+
 _STRICT_BINARY = 0x80
 _COMPACT = 0x82
 _NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
@@ -82,7 +93,7 @@ async def _safe_binary_skip(inbuf: Any, ftype: int, budget: int = _MAX_DEPTH) ->
 aio_binary.skip = _safe_binary_skip
 
 
-class _SafeCompactProtocol(TAsyncCompactProtocol):
+class SafeCompactProtocol(TAsyncCompactProtocol):
     """Compact, with the same refusal; its skip is a method that recurses through `self.skip`."""
 
     async def skip(self, ttype: int) -> None:  # type: ignore[override]  # the aio base is async
@@ -129,7 +140,7 @@ class Dialect:
         """A thriftpy2 aio protocol over `stream` (anything with StreamHandler's read/write/flush/close)."""
         trans = _TRANSPORT_FACTORIES[self.transport].get_transport(stream)
         if self.protocol == "compact":
-            return _SafeCompactProtocol(trans)  # type: ignore[no-untyped-call]
+            return SafeCompactProtocol(trans)  # type: ignore[no-untyped-call]
         return TAsyncBinaryProtocol(trans) if self.strict else _NonStrictBinaryProtocol(trans)
 
     def allowed_by(self, transport: str, protocol: str) -> bool:

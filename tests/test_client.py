@@ -58,8 +58,8 @@ async def test_stream_survives_a_dropped_connection_without_loss(server: ChatSer
         [first] = [m async for m in _first(stream, 1)]
         # Cut the stream's connection from the server side, mid long-poll.
         first_sub = stream.subscription_id
-        for conn in list(server._connections.values()):
-            conn.writer.transport.abort()
+        for conn in list(server._connections):
+            conn.abort()
         await client.publish(Message(sender="s", content="2", room="r"))
         await client.publish(Message(sender="s", content="3", room="r"))
         rest = [m async for m in _first(stream, 2)]

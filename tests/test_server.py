@@ -12,8 +12,8 @@ import thriftpy2
 from thriftpy2.thrift import TApplicationException
 
 from async_chat import ChatClient, ChatServer, Message, ServerError, Settings, Unavailable
+from async_chat.connection import ConnectionState
 from async_chat.contract import WireChatError
-from async_chat.server import ConnectionState
 
 from .conftest import LOOPBACK, ServerFactory, raw_connection, read_to_close, wait_until
 
@@ -117,7 +117,7 @@ async def test_graceful_shutdown_answers_polls_in_flight(make_server: ServerFact
         subs = [await client.create_subscription("r", 0) for _ in range(3)]
         polls = [asyncio.create_task(client.poll(s.subscription_id, 10, 20_000)) for s in subs]
         await wait_until(
-            lambda: sum(c.state is ConnectionState.BUSY for c in server._connections.values()) == 3
+            lambda: sum(c.state is ConnectionState.BUSY for c in server._connections) == 3
         )
         async with asyncio.timeout(5):
             await server.aclose()
@@ -133,7 +133,7 @@ async def test_shutdown_refuses_new_publishes_on_open_connections(make_server: S
     async with ChatClient(LOOPBACK, server.port) as client:
         sub = await client.create_subscription("r", 0)
         poll = asyncio.create_task(client.poll(sub.subscription_id, 10, 20_000))
-        await wait_until(lambda: any(c.state is ConnectionState.BUSY for c in server._connections.values()))
+        await wait_until(lambda: any(c.state is ConnectionState.BUSY for c in server._connections))
         closing = asyncio.create_task(server.aclose())
         async with asyncio.timeout(5):
             await poll

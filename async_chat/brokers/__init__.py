@@ -36,6 +36,9 @@ class Broker(abc.ABC):
     reconnects = 0
     errors = 0
     """Calls to the broker that failed (each answered UNAVAILABLE)."""
+    eager: bool = False
+    """Whether a call may start outside any task (connection.py runs calls eagerly when it can): true
+    only if nothing the broker awaits asks for the current task, as `asyncio.timeout` and redis-py do."""
 
     @abc.abstractmethod
     async def start(self, deliver: Deliver) -> None:

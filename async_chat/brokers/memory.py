@@ -28,6 +28,8 @@ class _Room:
 class MemoryBroker(Broker):
     """Rooms, seq counters, bounded history rings and dedup windows in this process."""
 
+    eager = True
+
     def __init__(self, *, history: int, dedup_window: int, max_rooms: int = 10_000) -> None:
         self._history = history
         self._dedup_window = dedup_window

@@ -1,0 +1,212 @@
+"""Calls from bytes and replies to bytes, per dialect: thriftpy2's Cython codec on the hot path.
+
+thriftpy2's aio server decodes a call value by value, awaiting its transport for each one: a void
+`sendMessage` costs tens of microseconds of Python before the handler runs. Here a call that has
+arrived whole is decoded in one go from memory by thriftpy2's Cython binary codec (`cybin`), and every
+reply is encoded to bytes in one piece, for one write.
+
+cybin was written for trusted transports, and three of its behaviours are unsafe on bytes from a socket.
+Each is handled here rather than patched in thriftpy2:
+- From a memory buffer, a string that claims more bytes than there are is copied out at its claimed
+  length anyway, from uninitialised memory: a 2 GiB claim in a 20-byte call makes a 2 GiB string. We
+  decode through cybin's buffered transport over the bytes instead, which fails at their end
+  (`_Bytes` hands them out, then nothing).
+- Skipping a list, set or map of a zero-width type (STOP, VOID, an unknown type) loops up to 2**31 times
+  without reading a byte: seconds of a blocked loop per 11 bytes sent. Only a container can start such a
+  loop, and every container starts with a type byte 0x0d..0x0f, so bytes holding one are never given to
+  cybin.
+- A negative length raises SystemError.
+A buffered call has no length of its own: when the bytes hold more than one call, cybin cannot say where
+the first ended, and the streaming decoder reads it. Whatever the fast decode does not take — a call not
+yet complete, one of several sent back to back, one it refuses, compact protocol — goes to the streaming
+decoder: thriftpy2's aio protocol over the connection's bytes (`read_call`), which reads exactly one call,
+each length checked against the call's byte budget before anything is read, and with the zero-width
+skips refused (wire.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
+from thriftpy2.protocol.compact import TCompactProtocol
+from thriftpy2.protocol.cybin import TCyBinaryProtocol  # type: ignore[attr-defined]  # a Cython module
+from thriftpy2.thrift import TApplicationException, TMessageType, TType
+from thriftpy2.transport.buffered.cybuffered import TCyBufferedTransport  # type: ignore[import-not-found]
+from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[import-not-found]
+
+from . import wire
+
+FAST_WINDOW = 16 * 1024
+"""At most this much of a connection's unread bytes is copied for a fast decode. A larger call, or one
+still arriving, is read by the streaming decoder, linearly, however it trickles in."""
+
+_CONTAINER_TYPE = re.compile(rb"[\x0d-\x0f]")
+
+
+class Source(Protocol):
+    """Where the streaming decoder reads: exactly `size` bytes, waiting for them if they have not arrived."""
+
+    async def read(self, size: int) -> bytes: ...
+
+
+@dataclass(slots=True)
+class Call:
+    """One decoded call; `args` is None for a method the service does not have."""
+
+    api: str
+    seqid: int
+    args: Any
+
+
+class Codec:
+    """One protocol's decoder and encoder, shared by every connection that speaks it.
+
+    The event loop runs one callback at a time and nothing here awaits, so one set of buffers serves all.
+    """
+
+    def __init__(self, service: Any, protocol: str, strict: bool = True) -> None:
+        self.service = service
+        self.protocol = protocol
+        self.strict = strict
+        self._methods = frozenset(service.thrift_services)
+        self._args = {api: getattr(service, api + "_args") for api in self._methods}
+        self._fast = protocol == "binary"
+        self._source = _Bytes()
+        self._in_prot = TCyBinaryProtocol(TCyBufferedTransport(self._source), strict_read=False)
+        self._out = TCyMemoryBuffer()
+        self._out_prot: Any = (
+            TCyBinaryProtocol(self._out, strict_write=strict) if protocol == "binary" else TCompactProtocol(self._out)
+        )
+
+    def __repr__(self) -> str:
+        return f"<Codec {self.protocol}{'' if self.strict else ' (non-strict)'}>"
+
+    # -- decoding -------------------------------------------------------------------------------------
+
+    def decode(self, data: bytes | bytearray, whole: bool = False) -> tuple[Call, int] | None:
+        """The call `data` begins with and how many bytes it took; None when the streaming decoder must
+        read it (not all there, not alone, not for cybin, or not valid: it will say which). `whole`: `data`
+        is a frame, within the call-size limit, and holds one call, so no window or probe applies."""
+        if not self._fast:
+            return None
+        if not whole and len(data) > FAST_WINDOW:
+            return None
+        if _CONTAINER_TYPE.search(data) is not None:
+            return None
+        source, prot = self._source, self._in_prot
+        source.load(bytes(data))
+        try:
+            api, _kind, seqid = prot.read_message_begin()
+            args_type = self._args.get(api)
+            if args_type is None:
+                prot.skip(TType.STRUCT)
+                args = None
+            else:
+                args = prot.read_struct(args_type())
+            if not whole:
+                source.probe()
+                prot.trans.read(1)  # from what cybin read ahead, if anything is left there; else the probe
+                if not source.probed:
+                    return None  # more than one call: where the first ended is the streaming decoder's to find
+        except Exception:
+            prot.trans = TCyBufferedTransport(source)  # a fresh one: this one may have grown to a claimed size
+            return None
+        finally:
+            source.load(b"")
+            prot.trans.clean()  # nothing read ahead (the probe, a second call) stays for the next decode
+        if not isinstance(api, str):
+            return None  # a name that is not UTF-8: the streaming decoder says so
+        return Call(api, seqid, args), len(data)
+
+    async def read_call(self, source: Source) -> Call:
+        """Read one call from `source`, value by value (the aio protocol's way): the safe, slow path."""
+        if self.protocol == "binary":
+            prot: Any = TAsyncBinaryProtocol(source, strict_read=False)
+        else:
+            prot = wire.SafeCompactProtocol(source)  # type: ignore[no-untyped-call]
+        api, _kind, seqid = await prot.read_message_begin()
+        if isinstance(api, bytes):  # a non-strict call's name: thriftpy2 leaves it undecoded
+            api = api.decode("utf-8")
+        args_type = self._args.get(api)
+        if args_type is None:
+            await prot.skip(TType.STRUCT)
+            return Call(api, seqid, None)
+        args = args_type()
+        await prot.read_struct(args)
+        return Call(api, seqid, args)
+
+    # -- encoding -------------------------------------------------------------------------------------
+
+    def reply(self, api: str, seqid: int, result: Any) -> bytes:
+        """A REPLY message carrying `result` (the method's `_result` struct)."""
+        return self._encode(api, TMessageType.REPLY, seqid, result)
+
+    def exception(self, api: str, seqid: int, error: TApplicationException) -> bytes:
+        """An EXCEPTION message: what Thrift clients raise as TApplicationException."""
+        return self._encode(api, TMessageType.EXCEPTION, seqid, error)
+
+    def _encode(self, api: str, kind: int, seqid: int, body: Any) -> bytes:
+        out, prot = self._out, self._out_prot
+        try:
+            prot.write_message_begin(api, kind, seqid)
+            prot.write_struct(body)
+            data: bytes = out.getvalue()
+        except BaseException:
+            if self.protocol != "binary":  # the compact writer keeps field-id state: start it afresh
+                self._out_prot = TCompactProtocol(out)
+            raise
+        finally:
+            out.clean()
+        return data
+
+
+class Frame:
+    """A whole frame as a `Source`: reading past its end is an error, never a wait."""
+
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    async def read(self, size: int) -> bytes:
+        if size < 0:
+            raise wire.CallTooLarge(f"a call claimed a negative length ({size})")
+        end = self._pos + size
+        if end > len(self._data):
+            raise wire.TruncatedCall(f"the frame ended inside its call ({len(self._data)} bytes)")
+        chunk = self._data[self._pos:end]
+        self._pos = end
+        return chunk
+
+
+class _Bytes:
+    """The bytes of one decode, as the transport under cybin's buffered transport: handed out as asked,
+    then nothing (cybin's end of file). `probe` then offers one more byte, to learn whether cybin had
+    read ahead past the call: if it asks for it, it had not."""
+
+    __slots__ = ("_data", "_pos", "probed")
+
+    def __init__(self) -> None:
+        self._data = b""
+        self._pos = 0
+        self.probed = True
+
+    def load(self, data: bytes) -> None:
+        self._data, self._pos, self.probed = data, 0, True
+
+    def probe(self) -> None:
+        self._data, self._pos, self.probed = b"\x00", 0, False
+
+    def read(self, size: int) -> bytes:
+        data, pos = self._data, self._pos
+        if not self.probed:
+            self.probed = True
+        if pos == 0 and size >= len(data):
+            self._pos = len(data)
+            return data
+        self._pos = pos + size
+        return data[pos : pos + size]

@@ -1,0 +1,340 @@
+"""One client connection, as an `asyncio.Protocol`: bytes in, calls answered in order, replies out.
+
+thriftpy2's aio server gives each connection a task that awaits a StreamReader field by field. Here the
+event loop hands us bytes (`data_received`) and we answer every call that has arrived whole at once:
+decoded from memory (codec.py), run eagerly (most calls never wait: `tasks.start_eagerly`), and the
+reply written in one piece. No task exists for a connection, and one exists for a call only while it
+waits (a long poll, a Redis round trip). Calls on one connection are answered one after another, in
+the order they came, as every Thrift client expects.
+
+Bounded at every step: a call may take at most --max-call-bytes (its claimed lengths are checked before
+anything is read); while a call is answered, at most HIGH_WATER further bytes are held before reading
+pauses; while the peer does not read its replies (the transport asks us to pause writing), no further
+call is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import logging
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
+
+from thriftpy2.transport import TTransportException
+
+from . import wire
+from .codec import Call, Codec, Frame
+from .session import SESSION
+from .tasks import start_eagerly
+from .wire import CallTooLarge
+
+if TYPE_CHECKING:
+    from .server import ChatServer
+
+logger = logging.getLogger("async_chat.server")
+
+HIGH_WATER = 256 * 1024
+"""Unread bytes held while a call is being answered; past this, the connection stops reading."""
+
+BUFFERED_CHUNK = 4096
+"""A buffered call asking for more than this in one read names a length (a string's), not a read-ahead."""
+
+
+class ConnectionState(enum.Enum):
+    IDLE = "idle"  # waiting for the first byte of the next call: closed at once on shutdown
+    READING = "reading"  # a call is arriving
+    BUSY = "busy"  # a call is being answered: allowed to finish on shutdown
+
+
+class Connection(asyncio.Protocol):
+    """The server's side of one client connection."""
+
+    def __init__(self, server: ChatServer) -> None:
+        self._server = server
+        self.state = ConnectionState.IDLE
+        self.idle_since = time.monotonic()
+        self.calls = 0
+        self.peer = self.address = "?"
+        self.dialect: wire.Dialect | None = None
+        self._codec: Codec | None = None
+        self._framed = False
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._context = contextvars.copy_context()
+        self._task: asyncio.Task[bytes | None] | None = None
+        """The call in flight, while it waits; None when nothing waits."""
+        self._waiter: asyncio.Future[None] | None = None
+        """Set while the streaming decoder waits for bytes."""
+        self._budget = 0
+        """Bytes the call being streamed may still take."""
+        self._reading_paused = False
+        self._writing_paused = False
+        self._closing = False
+        self.admitted = False
+        self.shutdown_cancel = False
+        """Set when the server's drain timeout cancels the call in flight."""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer} {self.dialect or '?'} [{self.state.name}, calls={self.calls}]>"
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peername = transport.get_extra_info("peername")
+        self.peer = _format_peer(peername)
+        self.address = str(peername[0]) if isinstance(peername, tuple) and peername else self.peer
+        if not self._server.admit(self):
+            self._closing = True
+            transport.close()
+            return
+        self.admitted = True
+        self._context.run(SESSION.set, self._server.new_session())
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        elif self._task is None and not self._writing_paused:
+            self._advance()
+        if len(buffer) > HIGH_WATER and self._waiter is None and not self._reading_paused and not self._closing:
+            self._reading_paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too: a half-closed client gets no further replies
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self._task is None:
+            self._advance()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()  # nobody is left to read its answer; the server awaits it
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
+        self._buffer = bytearray()
+        if self.admitted:
+            self._server.forget(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- control, for the server ----------------------------------------------------------------------
+
+    @property
+    def task(self) -> asyncio.Task[bytes | None] | None:
+        return self._task
+
+    def close(self) -> None:
+        """Close after the replies already written are sent."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Stop now: cancel the call in flight (the drain timeout passed) and drop the connection."""
+        self.shutdown_cancel = True
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- reading calls --------------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Answer the calls that have arrived, in order, until one must wait or none is left."""
+        try:
+            while self._task is None and not self._writing_paused and not self._closing:
+                buffer = self._buffer
+                if not buffer:
+                    self.state = ConnectionState.IDLE
+                    if not self._server.serving:
+                        self.close()  # shutting down: an idle connection goes at once
+                    break
+                self.state = ConnectionState.READING
+                codec = self._codec
+                if codec is None:
+                    head = bytes(buffer[: wire.HEAD_SIZE])
+                    if wire.needs_more(head):
+                        break
+                    codec = self._choose(head)
+                    if codec is None:
+                        self.close()
+                        return
+                if self._framed:
+                    call = self._next_frame(codec)
+                    if call is None:
+                        break
+                else:
+                    decoded = codec.decode(buffer)
+                    if decoded is None:  # not whole yet, or not for the fast decoder: read it as it comes
+                        self._budget = self._server.settings.max_call_bytes
+                        if not self._start(self._stream_call(codec)):
+                            break
+                        continue
+                    call, used = decoded
+                    del buffer[:used]
+                self.state = ConnectionState.BUSY
+                if not self._start(self._server.processor.answer(call, codec)):
+                    break
+        except Exception as exc:
+            self._fail(exc)
+            return
+        if self._reading_paused and len(self._buffer) < HIGH_WATER // 2 and not self._closing:
+            self._resume_reading()
+
+    def _choose(self, head: bytes) -> Codec | None:
+        self.dialect = dialect = self._server.dialect_of(head, self)
+        if dialect is None:
+            return None
+        self._framed = dialect.transport == "framed"
+        self._codec = self._server.codec_for(dialect)
+        return self._codec
+
+    def _next_frame(self, codec: Codec) -> Call | None:
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return None
+        size = int.from_bytes(buffer[:4], "big", signed=True)
+        limit = self._server.settings.max_call_bytes
+        if size < 0:
+            raise CallTooLarge(f"a frame claimed a negative length ({size})")
+        if size > limit:
+            raise CallTooLarge(f"a call claimed {size} bytes more; the limit is {limit}")
+        if len(buffer) < 4 + size:
+            return None
+        frame = bytes(buffer[4 : 4 + size])
+        del buffer[: 4 + size]
+        decoded = codec.decode(frame, whole=True)
+        if decoded is not None:
+            return decoded[0]
+        reading = codec.read_call(Frame(frame))  # never waits: the frame is all here
+        try:
+            reading.send(None)
+        except StopIteration as done:
+            call: Call = done.value
+            return call
+        reading.close()
+        raise RuntimeError("reading a whole frame waited")
+
+    async def _stream_call(self, codec: Codec) -> bytes | None:
+        call = await codec.read_call(self)
+        self.state = ConnectionState.BUSY
+        return await self._server.processor.answer(call, codec)
+
+    async def read(self, size: int) -> bytes:
+        """Exactly `size` bytes of the call being streamed, within its budget (the codec's `Source`).
+
+        A length past the budget is refused before anything is read (a "2 GiB" string allocates nothing);
+        a negative one would make the decoder read nothing, forever.
+        """
+        if size <= 0:
+            if size == 0:
+                return b""
+            raise CallTooLarge(f"a call claimed a negative length ({size})")
+        if size > self._budget:
+            limit = self._server.settings.max_call_bytes
+            if size > BUFFERED_CHUNK:
+                raise CallTooLarge(f"a call claimed {size} bytes more; the limit is {limit}")
+            raise CallTooLarge(f"a call ran past the limit of {limit} bytes")
+        buffer = self._buffer
+        while len(buffer) < size:
+            if self._closing:
+                raise TTransportException(type=TTransportException.END_OF_FILE, message="connection closed")
+            if self._reading_paused:
+                self._resume_reading()
+            self._waiter = waiter = asyncio.get_running_loop().create_future()
+            await waiter
+            buffer = self._buffer
+        chunk = bytes(buffer[:size])
+        del buffer[:size]
+        self._budget -= size
+        return chunk
+
+    # -- answering ------------------------------------------------------------------------------------
+
+    def _start(self, answering: Coroutine[Any, Any, bytes | None]) -> bool:
+        """Run a call to its reply; True if it finished now, False if it waits (in a task of its own)."""
+        task: asyncio.Task[bytes | None] | None
+        if self._server.eager:
+            reply, task = start_eagerly(answering, self._context)
+            if task is None:
+                self._replied(reply)
+                return True
+        else:
+            task = asyncio.get_running_loop().create_task(answering, context=self._context)
+        self._task = task
+        self._server.track(task)
+        task.add_done_callback(self._call_done)
+        return False
+
+    def _call_done(self, task: asyncio.Task[bytes | None]) -> None:
+        if task is not self._task:
+            return
+        self._task = None
+        if task.cancelled():
+            self.close()
+            return
+        exc = task.exception()
+        if exc is not None:
+            self._fail(exc)
+            return
+        self._replied(task.result())
+        self._advance()
+
+    def _replied(self, reply: bytes | None) -> None:
+        self.calls += 1
+        self.idle_since = time.monotonic()
+        self.state = ConnectionState.IDLE
+        if reply is not None and not self._closing:
+            assert self._transport is not None
+            if self._framed:
+                self._transport.write(len(reply).to_bytes(4, "big") + reply)
+            else:
+                self._transport.write(reply)
+        if not self._server.serving:
+            self.close()  # shutting down: the call in flight was allowed to finish; no new one starts
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        assert self._transport is not None
+        self._transport.resume_reading()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Close the connection over a call that cannot be read or answered, saying why."""
+        if isinstance(exc, (TTransportException, ConnectionError, asyncio.CancelledError)) or self._closing:
+            pass  # the peer went away, or we are closing it
+        elif isinstance(exc, CallTooLarge):
+            self._server.oversized_total += 1
+            logger.warning(
+                "closing %r: %s (--max-call-bytes)", self, exc, extra={"event": "call_too_large", "peer": self.peer}
+            )
+        else:
+            self._server.unreadable_total += 1
+            logger.warning(
+                "closing %r: unreadable request (%s: %s)", self, type(exc).__name__, exc,
+                extra={"event": "connection_unreadable", "peer": self.peer},
+            )
+        self.close()
+
+
+def _format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
