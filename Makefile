@@ -43,9 +43,9 @@ $(VENV)/.installed: pyproject.toml
 
 # System tools the tests drive for real: Apache Thrift's compiler (code generated for Python and Node),
 # Node.js with npm (the Node client), redis-server (the Redis broker; the tests start their own) and
-# openssl (certificates for the tests' TLS Redis).
+# openssl (certificates for the tests' TLS Redis), and a C compiler (the benchmarks' load generator).
 # Each is a command and the Debian package that provides it.
-SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm redis-server:redis-server openssl:openssl
+SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm redis-server:redis-server openssl:openssl cc:gcc
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \

@@ -26,7 +26,6 @@ skips refused (wire.py).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,7 +42,8 @@ FAST_WINDOW = 16 * 1024
 """At most this much of a connection's unread bytes is copied for a fast decode. A larger call, or one
 still arriving, is read by the streaming decoder, linearly, however it trickles in."""
 
-_CONTAINER_TYPE = re.compile(rb"[\x0d-\x0f]")
+_CONTAINER_TYPES = b"\x0d\x0e\x0f"
+"""The type bytes of map, set and list."""
 
 
 class Source(Protocol):
@@ -74,6 +74,7 @@ class Codec:
         self._methods = frozenset(service.thrift_services)
         self._args = {api: getattr(service, api + "_args") for api in self._methods}
         self._fast = protocol == "binary"
+        self._void: dict[str, tuple[bytes, bytes]] = {}
         self._source = _Bytes()
         self._in_prot = TCyBinaryProtocol(TCyBufferedTransport(self._source), strict_read=False)
         self._out = TCyMemoryBuffer()
@@ -90,14 +91,13 @@ class Codec:
         """The call `data` begins with and how many bytes it took; None when the streaming decoder must
         read it (not all there, not alone, not for cybin, or not valid: it will say which). `whole`: `data`
         is a frame, within the call-size limit, and holds one call, so no window or probe applies."""
-        if not self._fast:
+        size = len(data)
+        if not self._fast or (size > FAST_WINDOW and not whole):
             return None
-        if not whole and len(data) > FAST_WINDOW:
-            return None
-        if _CONTAINER_TYPE.search(data) is not None:
+        if len(data.translate(None, _CONTAINER_TYPES)) != size:
             return None
         source, prot = self._source, self._in_prot
-        source.load(bytes(data))
+        source.load(data if type(data) is bytes else bytes(data))
         try:
             api, _kind, seqid = prot.read_message_begin()
             args_type = self._args.get(api)
@@ -117,9 +117,9 @@ class Codec:
         finally:
             source.load(b"")
             prot.trans.clean()  # nothing read ahead (the probe, a second call) stays for the next decode
-        if not isinstance(api, str):
+        if type(api) is not str:
             return None  # a name that is not UTF-8: the streaming decoder says so
-        return Call(api, seqid, args), len(data)
+        return Call(api, seqid, args), size
 
     async def read_call(self, source: Source) -> Call:
         """Read one call from `source`, value by value (the aio protocol's way): the safe, slow path."""
@@ -143,6 +143,17 @@ class Codec:
     def reply(self, api: str, seqid: int, result: Any) -> bytes:
         """A REPLY message carrying `result` (the method's `_result` struct)."""
         return self._encode(api, TMessageType.REPLY, seqid, result)
+
+    def void_reply(self, api: str, seqid: int) -> bytes:
+        """The REPLY of a void method that succeeded: the same bytes every time but for the seqid, so they
+        are encoded once per method (binary; compact writes its seqid in a varying length)."""
+        parts = self._void.get(api)
+        if parts is None:
+            if self.protocol != "binary":
+                return self.reply(api, seqid, getattr(self.service, api + "_result")())
+            encoded = self.reply(api, 0, getattr(self.service, api + "_result")())
+            parts = self._void[api] = (encoded[:-5], encoded[-1:])  # ... seqid (4 bytes), the struct's STOP
+        return parts[0] + seqid.to_bytes(4, "big", signed=True) + parts[1]
 
     def exception(self, api: str, seqid: int, error: TApplicationException) -> bytes:
         """An EXCEPTION message: what Thrift clients raise as TApplicationException."""

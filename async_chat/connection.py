@@ -70,6 +70,7 @@ class Connection(asyncio.Protocol):
         """Set while the streaming decoder waits for bytes."""
         self._budget = 0
         """Bytes the call being streamed may still take."""
+        self._call_limit = server.settings.max_call_bytes
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
@@ -97,6 +98,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
+        if not buffer and self._task is None and self._waiter is None and self._codec is not None \
+                and not self._writing_paused and not self._closing and self._answer_whole(data):
+            return
         buffer += data
         waiter = self._waiter
         if waiter is not None:
@@ -109,6 +113,28 @@ class Connection(asyncio.Protocol):
             self._reading_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
+
+    def _answer_whole(self, data: bytes) -> bool:
+        """The common case, without copying into the buffer: `data` is exactly one call, and nothing else
+        is pending. False (nothing done) when it is not."""
+        codec = self._codec
+        assert codec is not None
+        if self._framed:
+            if int.from_bytes(data[:4], "big", signed=True) != len(data) - 4 or len(data) - 4 > self._call_limit:
+                return False
+            decoded = codec.decode(data[4:], whole=True)
+            if decoded is None:
+                return False
+        else:
+            decoded = codec.decode(data)
+            if decoded is None or decoded[1] != len(data):
+                return False
+        self.state = ConnectionState.BUSY
+        try:
+            self._start(self._server.processor.answer(decoded[0], codec))
+        except Exception as exc:
+            self._fail(exc)
+        return True
 
     def eof_received(self) -> bool | None:
         return None  # close our side too: a half-closed client gets no further replies

@@ -1,7 +1,7 @@
 """ChatHandler: the service's methods, as thriftpy2's processor calls them.
 
 It validates what arrives (thriftpy2 enforces no required field and no size), normalises the room, copies
-only the client's own fields into a fresh Message (seq and sent_at_ms are the server's to assign), and hands
+only the client's own fields (seq and sent_at_ms are the server's to assign), and hands
 the rest to the hub. It raises `async_chat.errors.ChatError` kinds; the processor maps them to the wire.
 Method names are the IDL's, camelCase included.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from . import auth
 from .brokers import redact
-from .contract import DEFAULT_ROOM, Message, ServerStats
+from .contract import DEFAULT_ROOM, ServerStats
 from .errors import InvalidRequest, RateLimited, TooLarge, Unauthorized
 from .hub import Hub
 from .session import SESSION
@@ -56,7 +56,7 @@ class ChatHandler:
         return session.identity
 
     async def sendMessage(self, message: Any) -> None:  # the IDL's name
-        await self.hub.publish(self._accept(message, self._caller()))
+        await self.hub.publish(self._accept(message, self._caller() if self._secret is not None else None))
 
     async def publish(self, message: Any) -> int:
         return await self.hub.publish(self._accept(message, self._caller()))
@@ -154,6 +154,9 @@ class ChatHandler:
         return session.identity
 
     def _accept(self, message: Any, identity: str | None = None) -> Any:
+        """`message` made fit to store: checked, the room normalised, and only the client's own fields kept
+        (seq and sent_at_ms are the server's to assign). It is the message decoded for this call, so it is
+        taken over rather than copied."""
         if message is None:
             raise InvalidRequest("message is required")
         self._spend()
@@ -172,7 +175,9 @@ class ChatHandler:
         client_msg_id = message.client_msg_id or None
         if client_msg_id is not None:
             self._name("client_msg_id", client_msg_id)
-        return Message(sender=sender, content=content, room=self._room(message.room), client_msg_id=client_msg_id)
+        message.sender, message.room, message.client_msg_id = sender, self._room(message.room), client_msg_id
+        message.seq = message.sent_at_ms = None
+        return message
 
     def _room(self, room: str | None) -> str:
         if not room:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from thriftpy2.thrift import TApplicationException
 
@@ -33,57 +35,70 @@ class ChatProcessor:
 
     def __init__(self, service: Any, handler: Any, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
-        self._results: dict[str, Any] = {}
-        self._params: dict[str, tuple[str, ...]] = {}
-        self._declares_error: dict[str, bool] = {}
-        self._methods: dict[str, Any] = {}
+        self._methods: dict[str, _Method] = {}
         for api in service.thrift_services:
             result = getattr(service, api + "_result")
-            self._results[api] = result
-            self._params[api] = tuple(spec[1] for spec in getattr(service, api + "_args").thrift_spec.values())
-            self._declares_error[api] = "error" in {spec[1] for spec in result.thrift_spec.values()}
-            self._methods[api] = getattr(handler, api, None)
+            names = [spec[1] for spec in getattr(service, api + "_args").thrift_spec.values()]
+            fields = {spec[1] for spec in result.thrift_spec.values()}
+            self._methods[api] = _Method(
+                getattr(handler, api, None),
+                attrgetter(*names) if names else None,
+                len(names) == 1,
+                result,
+                "success" not in fields,
+                "error" in fields,
+            )
 
     async def answer(self, call: Call, codec: Codec) -> bytes | None:
         """Run `call` and return its reply's bytes (None for a oneway method); with metrics on, count it
         by method and outcome."""
         metrics = self.metrics
         started = time.perf_counter() if metrics is not None else 0.0
-        api, seqid = call.api, call.seqid
+        api, seqid, args = call.api, call.seqid, call.args
+        method = self._methods.get(api) if args is not None else None
         reply: bytes | None
-        if call.args is None:  # a method the service does not have
+        if method is None:  # a method the service does not have
             logger.debug("unknown method %r called", api)
             error = TApplicationException(TApplicationException.UNKNOWN_METHOD, f"unknown method {api!r}")
             reply, outcome = codec.exception(api, seqid, error), "unknown_method"
         else:
-            reply, outcome = await self._run(call, codec)
+            reply, outcome = None, "ok"
+            try:
+                if method.args is None:
+                    value = await method.run()
+                elif method.single:
+                    value = await method.run(method.args(args))
+                else:
+                    value = await method.run(*method.args(args))
+            except ChatError as exc:
+                if exc.code is None:  # a client-side kind has no wire code: a bug here, not a refusal
+                    reply, outcome = self._internal_error(api, seqid, codec), "internal"
+                else:
+                    outcome = exc.code.name.lower()
+                    if method.declares_error:
+                        result = method.result(error=WireChatError(code=int(exc.code), reason=exc.reason))
+                        reply = self._encode(codec, api, seqid, result)
+                    else:  # sendMessage and unsubscribe declare none: classic clients see an application error
+                        refusal = TApplicationException(TApplicationException.UNKNOWN, str(exc))
+                        reply = codec.exception(api, seqid, refusal)
+            except Exception:
+                reply, outcome = self._internal_error(api, seqid, codec), "internal"
+            else:
+                if method.result.oneway:
+                    reply = None
+                elif method.void:
+                    reply = codec.void_reply(api, seqid)
+                else:
+                    reply = self._encode(codec, api, seqid, method.result(success=value))
         if metrics is not None:
             metrics.observe(api, outcome, time.perf_counter() - started)
         return reply
 
-    async def _run(self, call: Call, codec: Codec) -> tuple[bytes | None, str]:
-        api, seqid, args = call.api, call.seqid, call.args
-        result = self._results[api]()
+    def _encode(self, codec: Codec, api: str, seqid: int, result: Any) -> bytes:
         try:
-            result.success = await self._methods[api](*[getattr(args, name) for name in self._params[api]])
-        except ChatError as exc:
-            if exc.code is None:  # a client-side kind has no wire code: a bug here, not a refusal
-                return self._internal_error(api, seqid, codec), "internal"
-            outcome = exc.code.name.lower()
-            if not self._declares_error[api]:
-                refusal = TApplicationException(TApplicationException.UNKNOWN, str(exc))
-                return codec.exception(api, seqid, refusal), outcome
-            result.error = WireChatError(code=int(exc.code), reason=exc.reason)
-        except Exception:
-            return self._internal_error(api, seqid, codec), "internal"
-        else:
-            outcome = "ok"
-        if result.oneway:
-            return None, outcome
-        try:
-            return codec.reply(api, seqid, result), outcome
+            return codec.reply(api, seqid, result)
         except Exception:  # the handler returned what the IDL cannot carry
-            return self._internal_error(api, seqid, codec), "internal"
+            return self._internal_error(api, seqid, codec)
 
     def _internal_error(self, api: str, seqid: int, codec: Codec) -> bytes:
         """Log the exception being handled, with its traceback; the bytes of an INTERNAL_ERROR answer."""
@@ -93,3 +108,17 @@ class ChatProcessor:
         )
         message = f"internal error in {api} (logged by the server)"
         return codec.exception(api, seqid, TApplicationException(TApplicationException.INTERNAL_ERROR, message))
+
+
+class _Method(NamedTuple):
+    """What answering one IDL method needs, worked out once."""
+
+    run: Any
+    """The handler's coroutine function."""
+    args: Callable[[Any], Any] | None
+    """Takes the arguments out of the decoded `_args` struct, in the IDL's order."""
+    single: bool
+    result: Any
+    """The `_result` struct's type."""
+    void: bool
+    declares_error: bool

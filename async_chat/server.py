@@ -70,7 +70,9 @@ class ChatServer(AsyncResource):
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         base = settings or Settings()
         self.settings = base.with_changes(**overrides) if overrides else base
-        self.state = ServerState.NEW
+        self._state = ServerState.NEW
+        self.serving = False
+        """Whether it takes new calls: read by every connection after every call."""
         self.hub: Hub | None = None
         self._listener: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -97,6 +99,15 @@ class ChatServer(AsyncResource):
             f"<ChatServer [{self.state.name}] {self.address} connections={len(self._connections)}"
             f" {self.settings.transport}/{self.settings.protocol} broker={redact(self.settings.broker)}>"
         )
+
+    @property
+    def state(self) -> ServerState:
+        return self._state
+
+    @state.setter
+    def state(self, state: ServerState) -> None:
+        self._state = state
+        self.serving = state is ServerState.SERVING
 
     @property
     def address(self) -> str:
@@ -208,10 +219,6 @@ class ChatServer(AsyncResource):
             logger.info("stopped", extra={"event": "stopped"})
 
     # -- what connections ask of their server ---------------------------------------------------------
-
-    @property
-    def serving(self) -> bool:
-        return self.state is ServerState.SERVING
 
     @property
     def processor(self) -> ChatProcessor:

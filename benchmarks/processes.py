@@ -50,18 +50,24 @@ class ServerProcess:
 
 async def start_server(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
     """Start `python -m async_chat.server` on a free loopback port; returns once it listens."""
+    return await start_process(
+        [sys.executable, "-m", "async_chat.server", "--host", LOOPBACK, "--port", "0", *args], env=env
+    )
+
+
+async def start_process(argv: list[str], env: dict[str, str] | None = None) -> ServerProcess:
+    """Start a server process that says `listening on 127.0.0.1:PORT` on stderr; returns once it has."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "async_chat.server", "--host", LOOPBACK, "--port", "0", *args,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
+        *argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})},
     )
     assert proc.stderr is not None
     log: list[str] = []
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(30):
             while True:
                 line = (await proc.stderr.readline()).decode()
                 if not line:
-                    raise AssertionError("server exited before listening:\n" + "\n".join(log))
+                    raise AssertionError(f"{argv[0]} exited before listening:\n" + "\n".join(log))
                 log.append(line.rstrip("\n"))
                 found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
                 if found:

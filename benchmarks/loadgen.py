@@ -1,0 +1,157 @@
+"""The closed-loop load generator: the C one (loadgen.c), built on first use, or its Python fallback.
+
+A Python load generator saturates its own core near the limit of a Python server, and would then
+measure itself; the C one uses a fraction of a core at the same rate (its CPU time is reported with
+every figure, so a reader can check). Both run as their own process, pinned to the load core when
+`taskset` exists, and both check every reply byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .harness import percentile
+
+SOURCE = Path(__file__).with_name("loadgen.c")
+BUILD = Path(__file__).with_name(".build")
+SERVER_CPU = "0"
+LOAD_CPU = "1"
+
+
+def pinned(cpu: str, argv: list[str]) -> list[str]:
+    """`argv` run on `cpu` alone when taskset exists and the machine has that core, else as it is."""
+    import os
+
+    if shutil.which("taskset") and (os.cpu_count() or 1) > int(cpu):
+        return ["taskset", "-c", cpu, *argv]
+    return argv
+
+
+def compiled() -> Path | None:
+    """The C load generator, compiled if its source changed; None without a C compiler."""
+    binary = BUILD / "loadgen"
+    if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return binary
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(SOURCE)], check=True)
+    return binary
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one closed-loop run sends and expects."""
+
+    port: int
+    connections: int
+    request: bytes
+    reply: bytes
+    warmup: float
+    seconds: float
+
+
+def run(load: Load, *, use_c: bool = True) -> dict[str, float]:
+    """Run one closed-loop load (blocking) and return its figures: calls/s, latency, errors, its CPU."""
+    binary = compiled() if use_c else None
+    if binary is not None:
+        argv = [str(binary), "127.0.0.1", str(load.port), str(load.connections), str(load.warmup),
+                str(load.seconds), load.request.hex(), load.reply.hex()]
+        generator = "c"
+    else:
+        argv = [sys.executable, "-m", "benchmarks.loadgen", "127.0.0.1", str(load.port), str(load.connections),
+                str(load.warmup), str(load.seconds), load.request.hex(), load.reply.hex()]
+        generator = "python"
+    done = subprocess.run(
+        pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=load.warmup + load.seconds + 60, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({done.returncode}): {done.stderr.strip()}")
+    figures: dict[str, float] = json.loads(done.stdout)
+    figures["calls_per_s"] = figures["calls"] / figures["seconds"]
+    figures["load_cpu_share"] = figures.pop("load_cpu_s") / (load.warmup + load.seconds)
+    figures["c_generator"] = 1.0 if generator == "c" else 0.0
+    return figures
+
+
+# -- the Python fallback: the same loop as loadgen.c ------------------------------------------------------
+
+
+class _Caller(asyncio.Protocol):
+    def __init__(self, owner: _Fallback) -> None:
+        self.owner = owner
+        self.got = bytearray()
+        self.started = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        assert self.transport is not None
+        self.got.clear()
+        self.started = time.perf_counter()
+        self.transport.write(self.owner.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.got += data
+        owner = self.owner
+        if len(self.got) < len(owner.reply):
+            return
+        now = time.perf_counter()
+        if self.got != owner.reply:
+            owner.errors += 1
+        elif owner.warm_until <= self.started and now <= owner.end:
+            owner.samples.append(now - self.started)
+        if now < owner.end:
+            self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if time.perf_counter() < self.owner.end:
+            self.owner.errors += 1
+
+
+class _Fallback:
+    def __init__(self, request: bytes, reply: bytes, warmup: float, seconds: float) -> None:
+        self.request, self.reply = request, reply
+        self.samples: list[float] = []
+        self.errors = 0
+        now = time.perf_counter()
+        self.warm_until = now + warmup
+        self.end = self.warm_until + seconds
+
+
+async def _fallback(port: int, connections: int, warmup: float, seconds: float, request: bytes, reply: bytes) -> None:
+    import resource
+
+    owner = _Fallback(request, reply, warmup, seconds)
+    loop = asyncio.get_running_loop()
+    transports = [(await loop.create_connection(lambda: _Caller(owner), "127.0.0.1", port))[0]
+                  for _ in range(connections)]
+    await asyncio.sleep(owner.end - time.perf_counter())
+    for transport in transports:
+        transport.close()
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    micros = [s * 1e6 for s in owner.samples]
+    print(json.dumps({
+        "calls": len(owner.samples), "errors": owner.errors, "reconnects": 0, "waiting": 0, "seconds": seconds,
+        "p50_us": percentile(micros, 50), "p99_us": percentile(micros, 99), "p999_us": percentile(micros, 99.9),
+        "load_cpu_s": usage.ru_utime + usage.ru_stime,
+    }))
+
+
+if __name__ == "__main__":
+    import uvloop
+
+    _host, port, connections, warmup, seconds, request, reply = sys.argv[1:8]
+    uvloop.run(_fallback(int(port), int(connections), float(warmup), float(seconds),
+                         bytes.fromhex(request), bytes.fromhex(reply)))
