@@ -81,6 +81,21 @@ async def closed_loop(call: Callable[[int], Awaitable[object]], tasks: int, seco
     return done, failed, time.perf_counter() - started
 
 
+async def closed_loop_timed(
+    call: Callable[[int], Awaitable[object]], tasks: int, seconds: float
+) -> tuple[int, int, float, list[float]]:
+    """`closed_loop`, also returning every answered call's round trip in seconds."""
+    latencies: list[float] = []
+
+    async def timed(i: int) -> None:
+        started = time.perf_counter()
+        await call(i)
+        latencies.append(time.perf_counter() - started)
+
+    done, failed, took = await closed_loop(timed, tasks, seconds)
+    return done, failed, took, latencies
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by nearest rank; NaN for no values."""
     if not values:
@@ -114,18 +129,62 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summarize(self, reference: str, ratios: Sequence[str]) -> None:
+    def summarize(self, reference: str | Sequence[str], ratios: Sequence[str]) -> None:
         """Each configuration's median of every figure over the rounds, and for `ratios` the median of
-        per-round ratios to `reference` (named `<figure>_ratio_to_<reference>`)."""
-        for name in self.rounds[0]:
-            figures = self.rounds[0][name].keys()
-            self.summary[name] = {m: statistics.median(r[name][m] for r in self.rounds) for m in figures}
-            self.summary[name].update(
-                {f"{m}_ratio_to_{reference}": median_ratio(self.rounds, name, reference, m) for m in ratios}
-            )
+        per-round ratios to each reference (named `<figure>_ratio_to_<reference>`).
+
+        A name may carry a group before its last "/" ("framed/binary/64/ours"): its references are then
+        the group's ("framed/binary/64/raw"), measured in the same rounds."""
+        references = [reference] if isinstance(reference, str) else list(reference)
+        for name in dict.fromkeys(n for r in self.rounds for n in r):
+            present = [r for r in self.rounds if name in r]
+            group = name.rpartition("/")[0]
+            summary = {m: statistics.median(r[name][m] for r in present) for m in present[0][name]}
+            for ref in references:
+                against = f"{group}/{ref}" if group else ref
+                if all(against in r for r in present):
+                    summary.update({f"{m}_ratio_to_{ref}": median_ratio(present, name, against, m) for m in ratios})
+            self.summary[name] = summary
 
 
-def write(reports: list[Report], out: Path) -> None:
+def write(reports: list[Report], out: Path) -> dict[str, Any]:
+    """Write the run's JSON file (the machine, then every scenario) and return what was written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"machine": machine(), "scenarios": [r.to_json() for r in reports]}
     out.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+class Progress:
+    """A progress bar on stderr: `[#####.....] 12/40 <what is running>`, redrawn in place on a terminal,
+    a line per step otherwise (CI logs, pipes); lines the scenarios print go above it."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total, self.done = max(total, 1), 0
+        self.stream = stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def step(self, label: str) -> None:
+        """One step starts: `label` says what."""
+        self._draw(label)
+        self.done = min(self.done + 1, self.total)
+
+    def say(self, line: str) -> None:
+        """A line of results, kept in the log."""
+        if self.live:
+            self.stream.write("\r\x1b[K")
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _draw(self, label: str) -> None:
+        width = 30
+        filled = width * self.done // self.total
+        bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
+        self.stream.write(("\r\x1b[K" + bar) if self.live else bar + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.done = self.total
+        self._draw("done")
+        if self.live:
+            self.stream.write("\n")

@@ -59,10 +59,16 @@ class Load:
     seconds: float
 
 
-def run(load: Load, *, use_c: bool = True) -> dict[str, float]:
-    """Run one closed-loop load (blocking) and return its figures: calls/s, latency, errors, its CPU."""
-    binary = compiled() if use_c else None
-    if binary is not None:
+def run(load: Load, *, use_c: bool = True, client: tuple[str, str] | None = None) -> dict[str, float]:
+    """Run one closed-loop load (blocking) and return its figures: calls/s, latency, errors, its CPU.
+
+    `client`: (transport, protocol) to load through `ChatClient` instead (benchmarks/clientload.py)."""
+    binary = compiled() if use_c and client is None else None
+    if client is not None:
+        argv = [sys.executable, "-m", "benchmarks.clientload", str(load.port), str(load.connections),
+                str(load.warmup), str(load.seconds), *client]
+        generator = "chatclient"
+    elif binary is not None:
         argv = [str(binary), "127.0.0.1", str(load.port), str(load.connections), str(load.warmup),
                 str(load.seconds), load.request.hex(), load.reply.hex()]
         generator = "c"
@@ -70,15 +76,19 @@ def run(load: Load, *, use_c: bool = True) -> dict[str, float]:
         argv = [sys.executable, "-m", "benchmarks.loadgen", "127.0.0.1", str(load.port), str(load.connections),
                 str(load.warmup), str(load.seconds), load.request.hex(), load.reply.hex()]
         generator = "python"
-    done = subprocess.run(
-        pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=load.warmup + load.seconds + 60, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the load generator failed ({done.returncode}): {done.stderr.strip()}")
-    figures: dict[str, float] = json.loads(done.stdout)
+    figures = run_pinned(argv, timeout=load.warmup + load.seconds + 60)
     figures["calls_per_s"] = figures["calls"] / figures["seconds"]
     figures["load_cpu_share"] = figures.pop("load_cpu_s") / (load.warmup + load.seconds)
-    figures["c_generator"] = 1.0 if generator == "c" else 0.0
+    figures["c_generator"] = 1.0 if generator == "c" else 0.0  # JSON figures are numbers: 0 = Python
+    return figures
+
+
+def run_pinned(argv: list[str], timeout: float) -> dict[str, float]:
+    """Run a load process on the load core (blocking) and return the JSON object it prints."""
+    done = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    figures: dict[str, float] = json.loads(done.stdout)
     return figures
 
 

@@ -59,9 +59,8 @@ def call_bytes(transport: str, protocol: str, seqid: int = 1) -> tuple[bytes, by
     def encode(kind: int, body: Any) -> bytes:
         buffer = TMemoryBuffer()
         prot = (TBinaryProtocol if protocol == "binary" else TCompactProtocol)(buffer)
-        prot.write_message_begin("sendMessage", kind, seqid)
+        prot.write_message_begin("sendMessage", kind, seqid)  # type: ignore[no-untyped-call]
         body.write(prot)
-        prot.write_message_end()
         data: bytes = buffer.getvalue()
         return len(data).to_bytes(4, "big") + data if transport == "framed" else data
 
@@ -103,6 +102,18 @@ def apache_code() -> Path:
 # -- the peers themselves (run in their own process) ----------------------------------------------------
 
 
+class Idle:
+    """The peers' handler: the classic contract's one method, doing nothing."""
+
+    def sendMessage(self, message: Any) -> None:  # the IDL's name
+        pass
+
+
+class IdleAsync:
+    async def sendMessage(self, message: Any) -> None:  # the IDL's name
+        pass
+
+
 def _announce(port: int) -> None:
     print(f"listening on {LOOPBACK}:{port}", file=sys.stderr, flush=True)
 
@@ -120,13 +131,9 @@ def _free_listener() -> Any:
 def serve_apache(kind: str, transport: str, protocol: str, generated: Path) -> None:
     sys.path.insert(0, str(generated))
     from chat import ChatService as ApacheService  # type: ignore[import-not-found]
-    from thrift.protocol import TBinaryProtocol, TCompactProtocol
-    from thrift.server import TServer
-    from thrift.transport import TSocket, TTransport
-
-    class Handler:
-        def sendMessage(self, message: Any) -> None:  # the IDL's name
-            pass
+    from thrift.protocol import TBinaryProtocol, TCompactProtocol  # type: ignore[import-untyped]
+    from thrift.server import TServer  # type: ignore[import-untyped]
+    from thrift.transport import TSocket, TTransport  # type: ignore[import-untyped]
 
     accelerated = kind == "apache-threaded"
     if protocol == "binary":
@@ -141,7 +148,7 @@ def serve_apache(kind: str, transport: str, protocol: str, generated: Path) -> N
     listener.handle = _free_listener()
     listener.listen = lambda: None  # already listening, on the port we announce
     port = listener.handle.getsockname()[1]
-    processor = ApacheService.Processor(Handler())
+    processor = ApacheService.Processor(Idle())
     server_type = TServer.TThreadedServer if accelerated else TServer.TSimpleServer
     server = server_type(processor, listener, transports, protocols, daemon=True) if accelerated else \
         server_type(processor, listener, transports, protocols)
@@ -151,23 +158,19 @@ def serve_apache(kind: str, transport: str, protocol: str, generated: Path) -> N
 
 def serve_thriftpy2_threaded(transport: str, protocol: str) -> None:
     from thriftpy2.protocol import TBinaryProtocolFactory, TCompactProtocolFactory
-    from thriftpy2.rpc import make_server  # type: ignore[attr-defined]
+    from thriftpy2.rpc import make_server
     from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
-
-    class Handler:
-        def sendMessage(self, message: Any) -> None:
-            pass
 
     sock = _free_listener()
     port = sock.getsockname()[1]
     sock.close()  # thriftpy2 binds its own socket: hand it the port we just had
     server = make_server(
-        ChatService, Handler(), host=LOOPBACK, port=port, client_timeout=None,
+        ChatService, Idle(), host=LOOPBACK, port=port, client_timeout=None,  # type: ignore[arg-type]
         proto_factory=TBinaryProtocolFactory() if protocol == "binary" else TCompactProtocolFactory(),
         trans_factory=TFramedTransportFactory() if transport == "framed" else TBufferedTransportFactory(),
     )
     server.trans.listen()
-    server.trans.listen = lambda: None
+    server.trans.listen = lambda: None  # type: ignore[method-assign]  # already listening
     server.daemon = True
     _announce(port)
     server.serve()
@@ -186,7 +189,7 @@ def serve_aio(kind: str, transport: str, protocol: str) -> None:
         sock = _free_listener()
         port = sock.getsockname()[1]
         server = make_aio_server(
-            ChatService, Handler(), host=LOOPBACK, port=port, client_timeout=None, loop=asyncio.get_running_loop(),
+            ChatService, IdleAsync(), host=LOOPBACK, port=port, client_timeout=None, loop=asyncio.get_running_loop(),
             proto_factory=TAsyncBinaryProtocolFactory() if protocol == "binary" else TAsyncCompactProtocolFactory(),
             trans_factory=(TAsyncFramedTransportFactory() if transport == "framed"
                            else TAsyncBufferedTransportFactory()),

@@ -16,20 +16,54 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.one_loop
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(300)
 async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks", "--short", "--out", str(out),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
-    async with asyncio.timeout(170):
+    async with asyncio.timeout(290):
         _out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     doc = json.loads(out.read_text())
     assert {"cpu", "cores", "python", "versions", "redis_server"} <= doc["machine"].keys()
-    scenario, metrics = doc["scenarios"]
-    assert (scenario["scenario"], metrics["scenario"]) == ("redis", "metrics")
+    throughput, latency, fanout, memory, scenario, metrics = doc["scenarios"]
+    names = [s["scenario"] for s in doc["scenarios"]]
+    assert names == ["throughput", "latency", "fanout", "memory", "redis", "metrics"]
+    # every peer answered every call with the expected bytes, through the C load generator
+    [figures] = throughput["rounds"]
+    assert {name.rpartition("/")[2] for name in figures} == {
+        "ours", "raw", "aio-uvloop", "aio-asyncio", "thriftpy2-threaded", "apache-threaded", "apache-simple",
+        "ours-chatclient",
+    }
+    for name, f in figures.items():
+        assert f["errors"] == 0, (name, f)
+        assert f["calls"] > 0, (name, f)
+        assert f["p999_us"] >= f["p99_us"] >= f["p50_us"] > 0
+        assert f["c_generator"] == (0 if name.endswith("chatclient") else 1)
+    ours = throughput["summary"]["framed/binary/16/ours"]
+    assert ours["calls_per_s_ratio_to_raw"] > 0
+    assert ours["calls_per_s_ratio_to_aio-uvloop"] > 0
+    assert throughput["summary"]["framed/binary/16/raw"]["calls_per_s_ratio_to_raw"] == 1.0
+    # open loop: every message published was delivered or reported missed, none failed
+    for name, f in latency["rounds"][0].items():
+        assert f["errors"] == 0, (name, f)
+        if name != "peak":
+            assert f["delivered"] + f["missed"] == f["sent"] > 0
+            assert f["p99_ms"] >= f["p50_ms"] > 0
+    for name, f in fanout["rounds"][0].items():
+        assert f["errors"] == 0, (name, f)
+        assert f["deliveries_per_s"] > 0, (name, f)
+    idle = memory["summary"]["idle"]
+    assert idle["bytes_per_idle_connection"] > 0
+    assert idle["bytes_per_idle_subscription"] > 0
+    # what a reader sees: the charts and the tables
+    for chart in ("throughput.png", "throughput-connections.png", "latency.png", "fanout.png"):
+        assert (tmp_path / chart).read_bytes().startswith(b"\x89PNG"), chart
+    tables = (tmp_path / "tables.md").read_text()
+    assert "| framed/binary | 16 | ours |" in tables
+    assert "idle connections held" in tables
     assert len(scenario["rounds"]) == scenario["parameters"]["rounds"]
     for figures in scenario["rounds"]:
         assert figures.keys() == {"memory", "redis-2-nodes"}
@@ -39,7 +73,8 @@ async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
             assert f["deliveries_per_s"] > 0
             assert f["latency_p99_ms"] >= f["latency_p50_ms"] > 0
     assert scenario["summary"]["memory"]["publishes_per_s_ratio_to_memory"] == 1.0
-    assert b"round 2/2" in err  # progress is shown
+    assert b"round 2/2" in err
+    assert b"] 15/" in err
     for figures in metrics["rounds"]:
         assert figures.keys() == {"metrics-off", "metrics-on"}
         for f in figures.values():

@@ -1,0 +1,167 @@
+"""What a reader sees of a run: PNG charts (matplotlib) and the markdown tables the README shows.
+
+Both are drawn from the JSON file alone, so an old run can be drawn again:
+`python -m benchmarks.charts benchmarks/results/latest.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+
+import matplotlib.pyplot as plt  # after choosing the backend
+
+ORDER = ("ours", "ours-chatclient", "raw", "thriftpy2-threaded", "apache-threaded", "aio-uvloop", "aio-asyncio",
+         "apache-simple")
+
+
+def _scenario(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
+    return next((s for s in doc["scenarios"] if s["scenario"] == name), None)
+
+
+def _split(name: str) -> tuple[str, int, str]:
+    """"framed/binary/64/ours" -> ("framed/binary", 64, "ours")."""
+    transport, protocol, connections, kind = name.split("/", 3)
+    return f"{transport}/{protocol}", int(connections), kind
+
+
+def draw(doc: dict[str, Any], where: Path) -> list[Path]:
+    """Write every chart the run has data for into `where`; returns their paths."""
+    where.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    throughput = _scenario(doc, "throughput")
+    if throughput:
+        drawn += [_throughput_by_dialect(throughput, where), _throughput_by_connections(throughput, where)]
+    latency = _scenario(doc, "latency")
+    if latency:
+        drawn.append(_latency(latency, where))
+    fanout = _scenario(doc, "fanout")
+    if fanout:
+        drawn.append(_fanout(fanout, where))
+    return drawn
+
+
+def _throughput_by_dialect(s: dict[str, Any], where: Path) -> Path:
+    summary = s["summary"]
+    connections = 64 if 64 in s["parameters"]["connections"] else max(s["parameters"]["connections"])
+    dialects = sorted({_split(n)[0] for n in summary})
+    kinds = [k for k in ORDER if any(_split(n)[2] == k for n in summary)]
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        values = [summary.get(f"{d}/{connections}/{kind}", {}).get("calls_per_s", 0) / 1000 for d in dialects]
+        ax.bar([x + i * width for x in range(len(dialects))], values, width, label=kind)
+    ax.set_xticks([x + width * (len(kinds) - 1) / 2 for x in range(len(dialects))], dialects)
+    ax.set_ylabel("thousand calls/s (median of rounds)")
+    ax.set_title(f"void sendMessage, {connections} connections, server pinned to one core")
+    ax.legend(fontsize=8, ncols=2)
+    return _save(fig, where / "throughput.png")
+
+
+def _throughput_by_connections(s: dict[str, Any], where: Path) -> Path:
+    summary = s["summary"]
+    dialects = [_split(n)[0] for n in summary]
+    dialect = "framed/binary" if "framed/binary" in dialects else dialects[0]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for kind in ORDER:
+        points = sorted((c, f["calls_per_s"] / 1000) for n, f in summary.items()
+                        for d, c, k in [_split(n)] if d == dialect and k == kind)
+        if points:
+            ax.plot([c for c, _ in points], [v for _, v in points], marker="o", label=kind)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("connections")
+    ax.set_ylabel("thousand calls/s")
+    ax.set_title(f"void sendMessage by connections ({dialect})")
+    ax.legend(fontsize=8)
+    return _save(fig, where / "throughput-connections.png")
+
+
+def _latency(s: dict[str, Any], where: Path) -> Path:
+    summary = s["summary"]
+    rows = sorted((f["rate"], f) for n, f in summary.items() if n != "peak")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
+        ax.plot([r / 1000 for r, _ in rows], [f[key] for _, f in rows], marker="o", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("thousand publishes/s (open loop)")
+    ax.set_ylabel("publish -> deliver, ms")
+    ax.set_title(f"latency at fixed rates (peak {summary['peak']['calls_per_s']:,.0f} calls/s)")
+    ax.legend()
+    return _save(fig, where / "latency.png")
+
+
+def _fanout(s: dict[str, Any], where: Path) -> Path:
+    rows = sorted((f["subscribers"], f) for f in s["summary"].values())
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([n for n, _ in rows], [f["deliveries_per_s"] / 1000 for _, f in rows], marker="o")
+    ax.set_xscale("log")
+    ax.set_xlabel("subscribers long-polling one room")
+    ax.set_ylabel("thousand deliveries/s")
+    ax.set_title("fan-out")
+    return _save(fig, where / "fanout.png")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def tables(doc: dict[str, Any]) -> str:
+    """The README's tables, in markdown."""
+    out: list[str] = []
+    throughput = _scenario(doc, "throughput")
+    if throughput:
+        out += ["| dialect | conns | server | calls/s | p50 µs | p99 µs | p99.9 µs | ratio to stock aio-uvloop |"
+                " ratio to raw limit | server CPU | load CPU | errors |",
+                "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, f in throughput["summary"].items():
+            dialect, connections, kind = _split(name)
+            out.append(
+                f"| {dialect} | {connections} | {kind} | {f['calls_per_s']:,.0f} | {f['p50_us']:,.0f} |"
+                f" {f['p99_us']:,.0f} | {f['p999_us']:,.0f} | {f.get('calls_per_s_ratio_to_aio-uvloop', 0):.2f} |"
+                f" {f.get('calls_per_s_ratio_to_raw', 0):.2f} | {f['server_cpu_share']:.2f} |"
+                f" {f['load_cpu_share']:.2f} | {f['errors']:.0f} |"
+            )
+        out.append("")
+    latency = _scenario(doc, "latency")
+    if latency:
+        out += ["| publish rate | p50 ms | p99 ms | p99.9 ms | max ms | missed | errors |",
+                "|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, f in latency["summary"].items():
+            if name != "peak":
+                out.append(f"| {f['rate']:,.0f}/s ({name}) | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} |"
+                           f" {f['p999_ms']:.2f} | {f['max_ms']:.2f} | {f['missed']:.0f} | {f['errors']:.0f} |")
+        out.append("")
+    fanout = _scenario(doc, "fanout")
+    if fanout:
+        out += ["| subscribers | deliveries/s | publishes/s | p50 ms | p99 ms | missed | errors | load CPU |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for f in fanout["summary"].values():
+            out.append(f"| {f['subscribers']:,.0f} | {f['deliveries_per_s']:,.0f} | {f['publishes_per_s']:,.0f} |"
+                       f" {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['missed']:.0f} | {f['errors']:.0f} |"
+                       f" {f['load_cpu_share']:.2f} |")
+        out.append("")
+    memory = _scenario(doc, "memory")
+    if memory:
+        f = memory["summary"]["idle"]
+        out += ["| idle connections held | bytes each | idle subscriptions held | bytes each |",
+                "|---:|---:|---:|---:|",
+                f"| {f['connections_held']:,.0f} | {f['bytes_per_idle_connection']:,.0f} |"
+                f" {f['subscriptions_held']:,.0f} | {f['bytes_per_idle_subscription']:,.0f} |", ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json")
+    document = json.loads(source.read_text())
+    for path in draw(document, source.parent):
+        print(f"drew {path}", file=sys.stderr)
+    print(tables(document))

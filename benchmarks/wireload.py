@@ -1,0 +1,203 @@
+"""Load that publishes and subscribes over raw framed binary connections, decoding with thriftpy2's Cython
+codec: light enough that one process can receive what the server delivers at its peak.
+
+    python -m benchmarks.wireload openloop PORT RATE WARMUP SECONDS
+    python -m benchmarks.wireload fanout PORT SUBSCRIBERS WARMUP SECONDS
+
+Each prints one JSON object. A message's content is the monotonic clock, in nanoseconds, when it was due
+(open loop) or sent (fan-out): the subscriber's latency is its arrival minus that, on the one clock
+both processes share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from typing import Any
+
+import uvloop
+from thriftpy2.protocol.cybin import TCyBinaryProtocol  # type: ignore[attr-defined]
+from thriftpy2.thrift import TMessageType
+from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[import-not-found]
+
+from async_chat.contract import ChatService, Message
+
+from .harness import percentile
+
+
+class Wire:
+    """One framed, strict binary connection; calls may be pipelined, replies come back in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.seqid = 0
+        self._out = TCyMemoryBuffer()
+        self._prot = TCyBinaryProtocol(self._out)
+
+    @classmethod
+    async def open(cls, port: int) -> Wire:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
+        return cls(reader, writer)
+
+    def request(self, api: str, **kwargs: Any) -> bytes:
+        self.seqid += 1
+        self._prot.write_message_begin(api, TMessageType.CALL, self.seqid)
+        self._prot.write_struct(getattr(ChatService, api + "_args")(**kwargs))
+        body: bytes = self._out.getvalue()
+        self._out.clean()
+        return len(body).to_bytes(4, "big") + body
+
+    async def frame(self) -> bytes:
+        size = int.from_bytes(await self.reader.readexactly(4), "big")
+        return await self.reader.readexactly(size)
+
+    @staticmethod
+    def result(api: str, frame: bytes) -> Any:
+        prot = TCyBinaryProtocol(TCyMemoryBuffer(frame))
+        _name, kind, _seqid = prot.read_message_begin()
+        if kind != TMessageType.REPLY:
+            raise RuntimeError(f"{api} was answered with an exception")
+        result = prot.read_struct(getattr(ChatService, api + "_result")())
+        if getattr(result, "error", None) is not None:
+            raise RuntimeError(f"{api} refused: {result.error.reason}")
+        return getattr(result, "success", None)  # a void method has none
+
+    async def call(self, api: str, **kwargs: Any) -> Any:
+        self.writer.write(self.request(api, **kwargs))
+        return self.result(api, await self.frame())
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _latency(ms: list[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "p999_ms": percentile(ms, 99.9),
+            "max_ms": max(ms, default=float("nan"))}
+
+
+async def openloop(port: int, rate: float, warmup: float, seconds: float) -> dict[str, Any]:
+    """Publish `rate` messages a second on schedule, whatever the server does; measure at a subscriber."""
+    room = "openloop"
+    subscriber, publisher = await Wire.open(port), await Wire.open(port)
+    sub = await subscriber.call("subscribe", room=room, from_seq=0)
+    start = time.monotonic_ns() + 10_000_000
+    measured_from = start + int(warmup * 1e9)
+    total = int(rate * (warmup + seconds))
+    interval = 1e9 / rate
+    latencies: list[float] = []
+    counts = {"sent": 0, "replies": 0, "errors": 0, "delivered": 0, "missed": 0}
+
+    async def publish() -> None:
+        sent = 0
+        while sent < total:
+            now = time.monotonic_ns()
+            due_count = min(total, int((now - start) / interval) + 1)
+            if due_count > sent:
+                batch = [publisher.request("sendMessage", message=Message(sender="openloop", room=room,
+                                                                          content=str(start + int(i * interval))))
+                         for i in range(sent, due_count)]
+                publisher.writer.write(b"".join(batch))
+                sent = due_count
+                counts["sent"] = sent
+            await asyncio.sleep(max(0.0, (start + sent * interval - time.monotonic_ns()) / 1e9))
+
+    async def acknowledge() -> None:
+        while counts["replies"] < total:
+            frame = await publisher.frame()
+            counts["replies"] += 1
+            try:
+                Wire.result("sendMessage", frame)
+            except RuntimeError:
+                counts["errors"] += 1
+
+    async def receive() -> None:
+        while counts["delivered"] + counts["missed"] < total:
+            batch = await subscriber.call("poll", subscription_id=sub.subscription_id, max_messages=1000,
+                                          wait_ms=1000)
+            now = time.monotonic_ns()
+            counts["missed"] += batch.missed
+            for message in batch.messages:
+                counts["delivered"] += 1
+                due = int(message.content)
+                if due >= measured_from:
+                    latencies.append((now - due) / 1e6)
+
+    cpu = _cpu()
+    tasks = [asyncio.create_task(job()) for job in (publish, acknowledge, receive)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=warmup + seconds + 30)
+    finally:
+        for task in tasks:
+            task.cancel()
+    lost = total - counts["delivered"] - counts["missed"]
+    return {"rate": rate, **counts, "errors": counts["errors"] + lost, **_latency(latencies),
+            "load_cpu_share": (_cpu() - cpu) / (warmup + seconds)}
+
+
+async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> dict[str, Any]:
+    """`subscribers` long-poll one room while one publisher sends as fast as the server answers it."""
+    room = "fanout"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, subscribers + 1024)), hard))
+    wires = []
+    for _ in range(subscribers):
+        wires.append(await Wire.open(port))
+    subs = await asyncio.gather(*(w.call("subscribe", room=room, from_seq=0) for w in wires))
+    publisher = await Wire.open(port)
+    running = True
+    measuring = False
+    counts = {"published": 0, "delivered": 0, "missed": 0, "errors": 0}
+    latencies: list[float] = []
+
+    async def publish(window: int = 8) -> None:
+        while running:
+            publisher.writer.write(b"".join(publisher.request("sendMessage", message=Message(
+                sender="fanout", content=str(time.monotonic_ns()), room=room)) for _ in range(window)))
+            for _ in range(window):
+                try:
+                    Wire.result("sendMessage", await publisher.frame())
+                    if measuring:
+                        counts["published"] += 1
+                except RuntimeError:
+                    counts["errors"] += 1
+
+    async def receive(wire: Wire, sub_id: str, sample: bool) -> None:
+        while running:
+            batch = await wire.call("poll", subscription_id=sub_id, max_messages=1000, wait_ms=1000)
+            if measuring:
+                counts["delivered"] += len(batch.messages)
+                counts["missed"] += batch.missed
+                if sample and batch.messages:
+                    latencies.append((time.monotonic_ns() - int(batch.messages[-1].content)) / 1e6)
+
+    every = max(1, subscribers // 100)  # latency from a hundred subscribers is enough, and cheap
+    tasks = [asyncio.create_task(receive(w, s.subscription_id, i % every == 0)) for i, (w, s) in
+             enumerate(zip(wires, subs, strict=True))]
+    tasks.append(asyncio.create_task(publish()))
+    await asyncio.sleep(warmup)
+    measuring, cpu, started = True, _cpu(), time.perf_counter()
+    await asyncio.sleep(seconds)
+    measuring = False
+    took = time.perf_counter() - started
+    load_cpu = _cpu() - cpu
+    running = False
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for wire in [*wires, publisher]:
+        wire.writer.close()
+    return {"subscribers": subscribers, "deliveries_per_s": counts["delivered"] / took,
+            "publishes_per_s": counts["published"] / took, **counts, **_latency(latencies),
+            "load_cpu_share": load_cpu / took}
+
+
+if __name__ == "__main__":
+    mode, port, amount, warmup, seconds = sys.argv[1:6]
+    job = openloop if mode == "openloop" else fanout
+    print(json.dumps(uvloop.run(job(int(port), float(amount) if mode == "openloop" else int(amount),  # type: ignore[arg-type]
+                                    float(warmup), float(seconds)))))
