@@ -13,15 +13,16 @@ Each is handled here rather than patched in thriftpy2:
   (`_Bytes` hands them out, then nothing).
 - Skipping a list, set or map of a zero-width type (STOP, VOID, an unknown type) loops up to 2**31 times
   without reading a byte: seconds of a blocked loop per 11 bytes sent. Only a container can start such a
-  loop, and every container starts with a type byte 0x0d..0x0f, so bytes holding one are never given to
-  cybin.
+  loop, and no call of the contract has one in its arguments, so a call that holds one is never given to
+  cybin. Bytes without a 0x0d..0x0f (the container type bytes) anywhere hold none; bytes with one (a
+  string of 13 to 15 bytes, a seqid, a digit of a timestamp) are walked field by field (`call_length`), which
+  also tells where the call ends.
 - A negative length raises SystemError.
-A buffered call has no length of its own: when the bytes hold more than one call, cybin cannot say where
-the first ended, and the streaming decoder reads it. Whatever the fast decode does not take — a call not
-yet complete, one of several sent back to back, one it refuses, compact protocol — goes to the streaming
-decoder: thriftpy2's aio protocol over the connection's bytes (`read_call`), which reads exactly one call,
-each length checked against the call's byte budget before anything is read, and with the zero-width
-skips refused (wire.py).
+A buffered call has no length of its own: when the bytes hold more than one call, the walk says where the
+first one ends. Whatever the fast decode does not take — a call not yet complete, one it refuses (a
+container, a call over the window), compact protocol — goes to the streaming decoder: thriftpy2's aio
+protocol over the connection's bytes (`read_call`), which reads exactly one call, each length checked
+against the call's byte budget before anything is read, and with the zero-width skips refused (wire.py).
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class Codec:
     The event loop runs one callback at a time and nothing here awaits, so one set of buffers serves all.
     """
 
-    def __init__(self, service: Any, protocol: str, strict: bool = True) -> None:
+    def __init__(self, service: Any, protocol: str, strict: bool = True, max_call_bytes: int = FAST_WINDOW) -> None:
         self.service = service
+        self._window = min(FAST_WINDOW, max_call_bytes)
         self.protocol = protocol
         self.strict = strict
         self._methods = frozenset(service.thrift_services)
@@ -92,12 +94,16 @@ class Codec:
         read it (not all there, not alone, not for cybin, or not valid: it will say which). `whole`: `data`
         is a frame, within the call-size limit, and holds one call, so no window or probe applies."""
         size = len(data)
-        if not self._fast or (size > FAST_WINDOW and not whole):
+        if not self._fast or (size > self._window and not whole):
             return None
         if len(data.translate(None, _CONTAINER_TYPES)) != size:
-            return None
+            end = call_length(data)
+            if end is None or (whole and end != size):
+                return None
+            data, size, whole = data[:end], end, True
         source, prot = self._source, self._in_prot
         source.load(data if type(data) is bytes else bytes(data))
+        pipelined = False
         try:
             api, _kind, seqid = prot.read_message_begin()
             args_type = self._args.get(api)
@@ -110,13 +116,16 @@ class Codec:
                 source.probe()
                 prot.trans.read(1)  # from what cybin read ahead, if anything is left there; else the probe
                 if not source.probed:
-                    return None  # more than one call: where the first ended is the streaming decoder's to find
+                    pipelined = True
         except Exception:
             prot.trans = TCyBufferedTransport(source)  # a fresh one: this one may have grown to a claimed size
             return None
         finally:
             source.load(b"")
             prot.trans.clean()  # nothing read ahead (the probe, a second call) stays for the next decode
+        if pipelined:  # more than one call: the walk says where the first one ends
+            end = call_length(data)
+            return None if end is None else self.decode(data[:end], whole=True)
         if type(api) is not str:
             return None  # a name that is not UTF-8: the streaming decoder says so
         return Call(api, seqid, args), size
@@ -221,3 +230,52 @@ class _Bytes:
             return data
         self._pos = pos + size
         return data[pos : pos + size]
+
+
+_WIDTHS = {TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, TType.I64: 8, TType.DOUBLE: 8}
+
+
+def call_length(data: bytes | bytearray) -> int | None:
+    """How many bytes the binary call `data` begins with takes, if it is all there and holds no list,
+    set or map; else None (the streaming decoder's to read). A walk over the field headers, never a
+    decode: each step moves forward, so it ends within len(data) steps whatever the bytes say."""
+    end = len(data)
+    if end < 4:
+        return None
+    head = int.from_bytes(data[0:4], "big", signed=True)
+    if head < 0:  # strict: version and type, name length, name, seqid
+        if end < 8:
+            return None
+        name = int.from_bytes(data[4:8], "big", signed=True)
+        pos = 8 + name + 4
+    else:  # non-strict: name length, name, type, seqid
+        name = head
+        pos = 4 + name + 1 + 4
+    if name < 0:
+        return None
+    depth = 1  # the arguments' struct
+    widths, stop, string, struct = _WIDTHS, TType.STOP, TType.STRING, TType.STRUCT
+    while pos < end:
+        kind = data[pos]
+        if kind == stop:
+            pos += 1
+            depth -= 1
+            if depth == 0:
+                return pos
+            continue
+        pos += 3  # the type and the field id
+        width = widths.get(kind)
+        if width is not None:
+            pos += width
+        elif kind == string:
+            if pos + 4 > end:
+                return None
+            length = int.from_bytes(data[pos : pos + 4], "big", signed=True)
+            if length < 0:
+                return None
+            pos += 4 + length
+        elif kind == struct:
+            depth += 1
+        else:
+            return None  # a container, or no type at all
+    return None

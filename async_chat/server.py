@@ -247,7 +247,8 @@ class ChatServer(AsyncResource):
         key = (dialect.protocol, dialect.strict)
         codec = self._codecs.get(key)
         if codec is None:
-            codec = self._codecs[key] = Codec(ChatService, dialect.protocol, dialect.strict)
+            codec = self._codecs[key] = Codec(
+                ChatService, dialect.protocol, dialect.strict, self.settings.max_call_bytes)
         return codec
 
     def track(self, task: asyncio.Task[Any]) -> None:

@@ -58,7 +58,7 @@ class _Server:
     def codec_for(self, dialect: wire.Dialect) -> Codec:
         key = (dialect.protocol, dialect.strict)
         if key not in self._codecs:
-            self._codecs[key] = Codec(ChatService, dialect.protocol, dialect.strict)
+            self._codecs[key] = Codec(ChatService, dialect.protocol, dialect.strict, 1 << 20)
         return self._codecs[key]
 
     def track(self, task: asyncio.Task[Any]) -> None:

@@ -1,0 +1,108 @@
+"""Decoding calls from memory: what cybin may decode in one go, and where one call of several ends."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from thriftpy2.protocol import TBinaryProtocol
+from thriftpy2.thrift import TMessageType, TType
+from thriftpy2.transport import TMemoryBuffer
+
+from async_chat.codec import Codec, call_length
+from async_chat.contract import ChatService, Message
+
+
+def call(api: str, seqid: int = 1, **kwargs: object) -> bytes:
+    buffer = TMemoryBuffer()
+    prot = TBinaryProtocol(buffer)
+    prot.write_message_begin(api, TMessageType.CALL, seqid)  # type: ignore[no-untyped-call]
+    getattr(ChatService, api + "_args")(**kwargs).write(prot)
+    data: bytes = buffer.getvalue()
+    return data
+
+
+@pytest.fixture
+def codec() -> Codec:
+    return Codec(ChatService, "binary", max_call_bytes=1 << 20)
+
+
+# Bytes 0x0d..0x0f are the type bytes of map, set and list; they also occur in lengths, seqids and text.
+LOOKALIKES = [
+    {"seqid": 0x0E0D0F0E, "room": "general"},
+    {"seqid": 1, "room": "fourteen-bytes"},  # a length of 14 is 0x0e
+    {"seqid": 1, "room": "r" * 13, "sender": "s" * 15, "content": "\r\x0e\x0f"},
+]
+
+
+@pytest.mark.parametrize("case", LOOKALIKES, ids=lambda c: repr(c)[:40])
+def test_a_call_whose_bytes_only_look_like_a_container_is_decoded_whole(codec: Codec, case: dict[str, object]) -> None:
+    message = Message(sender=case.get("sender", "ann"), content=case.get("content", "hi"), room=case["room"])
+    data = call("sendMessage", int(case["seqid"]), message=message)  # type: ignore[call-overload]
+    assert any(b in data for b in b"\r\x0e\x0f")
+    for whole in (True, False):
+        decoded = codec.decode(data, whole=whole)
+        assert decoded is not None, "left to the slow streaming decoder"
+        got, used = decoded
+        assert (got.api, got.seqid, used) == ("sendMessage", case["seqid"], len(data))
+        assert got.args.message == message
+
+
+def test_calls_sent_back_to_back_are_decoded_one_at_a_time_each_with_its_length(codec: Codec) -> None:
+    first = call("sendMessage", 7, message=Message(sender="ann", content="one", room="fourteen-bytes"))
+    second = call("poll", 8, subscription_id="s" * 24, max_messages=10, wait_ms=0)
+    third = call("sendMessage", 9, message=Message(sender="bob", content="three"))
+    data = bytearray(first + second + third)
+    seen = []
+    while data:
+        decoded = codec.decode(data)
+        assert decoded is not None
+        got, used = decoded
+        seen.append((got.api, got.seqid, used))
+        del data[:used]
+    assert seen == [("sendMessage", 7, len(first)), ("poll", 8, len(second)), ("sendMessage", 9, len(third))]
+
+
+def test_a_call_not_all_there_waits_for_the_streaming_decoder(codec: Codec) -> None:
+    data = call("sendMessage", 14, message=Message(sender="ann", content="hello", room="fourteen-bytes"))
+    for cut in range(len(data)):
+        assert codec.decode(data[:cut]) is None
+        assert call_length(data[:cut]) is None
+
+
+def list_field(elem_type: int, count: int) -> bytes:
+    """A `sendMessage` call with an unknown field 9 of type list<elem_type>, claiming `count` elements."""
+    data = call("sendMessage", 1, message=Message(sender="ann", content="hi"))
+    field = bytes([TType.LIST]) + (9).to_bytes(2, "big") + bytes([elem_type]) + count.to_bytes(4, "big")
+    return data[:-1] + field + b"\x00"
+
+
+def test_containers_are_never_given_to_cybin(codec: Codec) -> None:
+    # A list of a zero-width type claiming 2**31-1 elements: cybin would loop that many times skipping it.
+    bomb = list_field(TType.STOP, 2**31 - 1)
+    started = time.monotonic()
+    assert codec.decode(bomb, whole=True) is None
+    assert codec.decode(bomb) is None
+    assert time.monotonic() - started < 1.0  # a guard against the loop itself, not a benchmark
+    assert call_length(bomb) is None
+
+
+def test_the_walk_ends_on_any_bytes_and_never_claims_more_than_it_was_given() -> None:
+    rng = random.Random(8)
+    valid = call("sendMessage", 1, message=Message(sender="ann", content="hi", room="fourteen-bytes"))
+    for _ in range(5000):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        data += bytes(rng.randrange(256) for _ in range(rng.randint(0, 8)))
+        end = call_length(data)
+        assert end is None or 0 < end <= len(data)
+
+
+def test_negative_lengths_are_refused(codec: Codec) -> None:
+    data = bytearray(call("sendMessage", 1, message=Message(sender="ann", content="hi")))
+    at = data.index(b"ann") - 4
+    data[at : at + 4] = (-5).to_bytes(4, "big", signed=True)
+    assert call_length(data) is None
+    assert codec.decode(bytes(data), whole=True) is None
