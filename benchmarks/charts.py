@@ -114,8 +114,8 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def tables(doc: dict[str, Any]) -> str:
-    """The README's tables, in markdown."""
+def tables(doc: dict[str, Any], connections: int | None = None) -> str:
+    """The README's tables, in markdown; `connections`: only that connection count's throughput rows."""
     out: list[str] = []
     throughput = _scenario(doc, "throughput")
     if throughput:
@@ -123,9 +123,11 @@ def tables(doc: dict[str, Any]) -> str:
                 " ratio to raw limit | server CPU | load CPU | errors |",
                 "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, f in throughput["summary"].items():
-            dialect, connections, kind = _split(name)
+            dialect, count, kind = _split(name)
+            if connections is not None and count != connections:
+                continue
             out.append(
-                f"| {dialect} | {connections} | {kind} | {f['calls_per_s']:,.0f} | {f['p50_us']:,.0f} |"
+                f"| {dialect} | {count} | {kind} | {f['calls_per_s']:,.0f} | {f['p50_us']:,.0f} |"
                 f" {f['p99_us']:,.0f} | {f['p999_us']:,.0f} | {f.get('calls_per_s_ratio_to_aio-uvloop', 0):.2f} |"
                 f" {f.get('calls_per_s_ratio_to_raw', 0):.2f} | {f['server_cpu_share']:.2f} |"
                 f" {f['load_cpu_share']:.2f} | {f['errors']:.0f} |"
@@ -133,12 +135,13 @@ def tables(doc: dict[str, Any]) -> str:
         out.append("")
     latency = _scenario(doc, "latency")
     if latency:
-        out += ["| publish rate | p50 ms | p99 ms | p99.9 ms | max ms | missed | errors |",
-                "|---:|---:|---:|---:|---:|---:|---:|"]
+        out += ["| publish rate | p50 ms | p99 ms | p99.9 ms | max ms | missed | errors | load CPU |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, f in latency["summary"].items():
             if name != "peak":
                 out.append(f"| {f['rate']:,.0f}/s ({name}) | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} |"
-                           f" {f['p999_ms']:.2f} | {f['max_ms']:.2f} | {f['missed']:.0f} | {f['errors']:.0f} |")
+                           f" {f['p999_ms']:.2f} | {f['max_ms']:.2f} | {f['missed']:.0f} | {f['errors']:.0f} |"
+                           f" {f['load_cpu_share']:.2f} |")
         out.append("")
     fanout = _scenario(doc, "fanout")
     if fanout:

@@ -1,10 +1,11 @@
 """Scenario `latency`: publish -> deliver at fixed rates, open loop, measured at a subscriber.
 
 Our server (framed binary, memory broker) is pinned to the server core. Its peak is measured first: the
-C load generator's closed-loop `sendMessage` at 64 connections, with the subscriber attached. Then, for
-each fraction of that peak, a load process on the other core (wireload.py) publishes on schedule —
-message i is due at t0 + i/rate and is sent then, however far behind the server is — and a subscriber
-long-polls. Latency is arrival minus due time, so a server that falls behind cannot hide its queue
+C load generator's closed-loop `sendMessage` at 64 connections, nobody subscribed: the most calls a
+second it takes, so half of it is a stricter bar than half of a publish-and-deliver peak would be. Then,
+for each fraction of that peak, on the other core, openloop.c publishes on schedule — message i is due
+at t0 + i/rate and is sent then, however far behind the server is — and a subscriber long-polls
+(wireload.py). Latency is arrival minus due time, so a server that falls behind cannot hide its queue
 behind a publisher that waits for it (coordinated omission). Rounds rotate the rates.
 """
 

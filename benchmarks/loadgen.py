@@ -19,7 +19,6 @@ from pathlib import Path
 
 from .harness import percentile
 
-SOURCE = Path(__file__).with_name("loadgen.c")
 BUILD = Path(__file__).with_name(".build")
 SERVER_CPU = "0"
 LOAD_CPU = "1"
@@ -34,16 +33,17 @@ def pinned(cpu: str, argv: list[str]) -> list[str]:
     return argv
 
 
-def compiled() -> Path | None:
-    """The C load generator, compiled if its source changed; None without a C compiler."""
-    binary = BUILD / "loadgen"
-    if binary.exists() and binary.stat().st_mtime >= SOURCE.stat().st_mtime:
+def compiled(program: str = "loadgen") -> Path | None:
+    """A C load program of benchmarks/ (loadgen, openloop), compiled if its source changed; None without
+    a C compiler."""
+    source, binary = Path(__file__).with_name(program + ".c"), BUILD / program
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
         return binary
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
     BUILD.mkdir(exist_ok=True)
-    subprocess.run([compiler, "-O2", "-o", str(binary), str(SOURCE)], check=True)
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(source)], check=True)
     return binary
 
 

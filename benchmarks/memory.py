@@ -1,9 +1,9 @@
 """Scenario `memory`: what an idle connection and an idle subscription cost the server, in RSS.
 
-Our server (memory broker) runs as its own process. This process opens `connections` TCP connections
-that say nothing, waits until the server counts them all (its stats()), and reads the server's RSS
-before and after; then the same for `subscriptions` subscriptions opened over a few connections and
-never polled. Per item: the RSS growth divided by the count. Connections are held open together, so
+Our server (memory broker) runs as its own process. This process opens `subscriptions` subscriptions
+over a few connections and never polls them, waits until the server counts them all (its stats()), and
+reads the server's RSS before and after; then the same for `connections` TCP connections that say
+nothing. Per item: the RSS growth divided by the count. Connections are held open together, so
 the figure also shows that many can be held.
 """
 
@@ -13,12 +13,11 @@ import asyncio
 import resource
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from async_chat import ChatClient
 
 from .harness import Progress, Report
-from .processes import LOOPBACK, UNLIMITED, ServerProcess, start_process
+from .processes import LOOPBACK, UNLIMITED, start_process
 
 POOL = 16
 
@@ -36,13 +35,6 @@ class Parameters:
 
 def steps(p: Parameters) -> int:
     return p.rounds * 2
-
-
-def rss_bytes(server: ServerProcess) -> int:
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc")
 
 
 async def _settled(client: ChatClient, connections: int, subscriptions: int) -> None:
@@ -68,24 +60,26 @@ async def run(p: Parameters, bar: Progress) -> Report:
         try:
             async with ChatClient(LOOPBACK, server.port, pool_size=POOL) as client:
                 await client.stats()
-                bar.step(f"round {index + 1}/{p.rounds}: {p.connections:,} idle connections")
-                before = rss_bytes(server)
-                idle = [await asyncio.open_connection(LOOPBACK, server.port) for _ in range(p.connections)]
-                await _settled(client, p.connections + 1, 0)
-                per_connection = (rss_bytes(server) - before) / p.connections
-                for _reader, writer in idle:
-                    writer.close()
+                # Subscriptions first: closing thousands of connections frees memory that a later
+                # measurement would reuse (or see returned), and could make its growth negative.
                 bar.step(f"round {index + 1}/{p.rounds}: {p.subscriptions:,} idle subscriptions")
-                before = rss_bytes(server)
+                base = before = server.rss_bytes()
                 for start in range(0, p.subscriptions, 500):
                     await asyncio.gather(*(client.create_subscription(f"room-{i % 100}")
                                            for i in range(start, min(start + 500, p.subscriptions))))
                 await _settled(client, 1, p.subscriptions)
-                per_subscription = (rss_bytes(server) - before) / p.subscriptions
+                per_subscription = (server.rss_bytes() - before) / p.subscriptions
+                bar.step(f"round {index + 1}/{p.rounds}: {p.connections:,} idle connections")
+                before = server.rss_bytes()
+                idle = [await asyncio.open_connection(LOOPBACK, server.port) for _ in range(p.connections)]
+                await _settled(client, p.connections + 1, p.subscriptions)
+                per_connection = (server.rss_bytes() - before) / p.connections
+                for _reader, writer in idle:
+                    writer.close()
             report.rounds.append({"idle": {
                 "connections_held": p.connections, "bytes_per_idle_connection": per_connection,
                 "subscriptions_held": p.subscriptions, "bytes_per_idle_subscription": per_subscription,
-                "base_rss_mib": before / 2**20,
+                "base_rss_mib": base / 2**20,
             }})
             bar.say(f"memory round {index + 1}/{p.rounds}: {per_connection:,.0f} B per idle connection,"
                     f" {per_subscription:,.0f} B per idle subscription")

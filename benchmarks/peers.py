@@ -50,8 +50,9 @@ service ChatService {
 SENDER, CONTENT = "bench", "hello, async_chat"
 
 
-def call_bytes(transport: str, protocol: str, seqid: int = 1) -> tuple[bytes, bytes]:
-    """The request a classic client sends for one `sendMessage`, and the reply every server must give."""
+def call_bytes(transport: str, protocol: str, seqid: int = 1, message: Any = None) -> tuple[bytes, bytes]:
+    """The request a classic client sends for one `sendMessage` (of `message`, else a classic one), and
+    the reply every server must give."""
     from thriftpy2.protocol import TBinaryProtocol, TCompactProtocol
     from thriftpy2.thrift import TMessageType
     from thriftpy2.transport import TMemoryBuffer
@@ -64,7 +65,8 @@ def call_bytes(transport: str, protocol: str, seqid: int = 1) -> tuple[bytes, by
         data: bytes = buffer.getvalue()
         return len(data).to_bytes(4, "big") + data if transport == "framed" else data
 
-    request = encode(TMessageType.CALL, ChatService.sendMessage_args(message=Message(sender=SENDER, content=CONTENT)))
+    message = message or Message(sender=SENDER, content=CONTENT)
+    request = encode(TMessageType.CALL, ChatService.sendMessage_args(message=message))
     return request, encode(TMessageType.REPLY, ChatService.sendMessage_result())
 
 

@@ -5,17 +5,19 @@ codec: light enough that one process can receive what the server delivers at its
     python -m benchmarks.wireload fanout PORT SUBSCRIBERS WARMUP SECONDS
 
 Each prints one JSON object. A message's content is the monotonic clock, in nanoseconds, when it was due
-(open loop) or sent (fan-out): the subscriber's latency is its arrival minus that, on the one clock
-both processes share.
+(open loop: published by openloop.c) or sent (fan-out): the subscriber's latency is its arrival minus
+that, on the one clock every process of the machine shares.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import uvloop
@@ -25,6 +27,7 @@ from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[
 
 from async_chat.contract import ChatService, Message
 
+from . import loadgen, peers
 from .harness import percentile
 
 
@@ -80,68 +83,117 @@ def _latency(ms: list[float]) -> dict[str, float]:
             "max_ms": max(ms, default=float("nan"))}
 
 
+async def _unsubscribed(wire: Wire) -> None:
+    Wire.result("unsubscribe", await wire.frame())
+
+
 async def openloop(port: int, rate: float, warmup: float, seconds: float) -> dict[str, Any]:
-    """Publish `rate` messages a second on schedule, whatever the server does; measure at a subscriber."""
-    room = "openloop"
-    subscriber, publisher = await Wire.open(port), await Wire.open(port)
+    """Publish `rate` messages a second on schedule, whatever the server does; measure at a subscriber.
+
+    The publisher is openloop.c in a process of its own (this one's Python publisher when there is no C
+    compiler); this process only subscribes, so that receiving is all it does."""
+    room = f"openloop-{os.getpid()}"
+    subscriber = await Wire.open(port)
     sub = await subscriber.call("subscribe", room=room, from_seq=0)
-    start = time.monotonic_ns() + 10_000_000
-    measured_from = start + int(warmup * 1e9)
     total = int(rate * (warmup + seconds))
-    interval = 1e9 / rate
-    latencies: list[float] = []
-    counts = {"sent": 0, "replies": 0, "errors": 0, "delivered": 0, "missed": 0}
-
-    async def publish() -> None:
-        sent = 0
-        while sent < total:
-            now = time.monotonic_ns()
-            due_count = min(total, int((now - start) / interval) + 1)
-            if due_count > sent:
-                batch = [publisher.request("sendMessage", message=Message(sender="openloop", room=room,
-                                                                          content=str(start + int(i * interval))))
-                         for i in range(sent, due_count)]
-                publisher.writer.write(b"".join(batch))
-                sent = due_count
-                counts["sent"] = sent
-            await asyncio.sleep(max(0.0, (start + sent * interval - time.monotonic_ns()) / 1e9))
-
-    async def acknowledge() -> None:
-        while counts["replies"] < total:
-            frame = await publisher.frame()
-            counts["replies"] += 1
-            try:
-                Wire.result("sendMessage", frame)
-            except RuntimeError:
-                counts["errors"] += 1
+    counts = {"delivered": 0, "missed": 0}
+    arrivals: list[tuple[int, int]] = []  # (due, arrived), in ns
+    cpu = _cpu()
+    binary = loadgen.compiled("openloop")
+    publisher = asyncio.create_task(
+        _publish_c(binary, port, room, rate, total) if binary else _publish_python(port, room, rate, total))
 
     async def receive() -> None:
         while counts["delivered"] + counts["missed"] < total:
             batch = await subscriber.call("poll", subscription_id=sub.subscription_id, max_messages=1000,
-                                          wait_ms=1000)
+                                          wait_ms=200)
             now = time.monotonic_ns()
             counts["missed"] += batch.missed
-            for message in batch.messages:
-                counts["delivered"] += 1
-                due = int(message.content)
-                if due >= measured_from:
-                    latencies.append((now - due) / 1e6)
+            counts["delivered"] += len(batch.messages)
+            arrivals.extend((int(message.content), now) for message in batch.messages)
+            if publisher.done() and not batch.messages and not batch.missed:
+                return  # a message is queued before its publish is answered: nothing more will come
 
-    cpu = _cpu()
-    tasks = [asyncio.create_task(job()) for job in (publish, acknowledge, receive)]
+    receiving = asyncio.create_task(receive())
     try:
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=warmup + seconds + 30)
+        await asyncio.wait_for(asyncio.gather(publisher, receiving), timeout=warmup + seconds + 60)
     finally:
-        for task in tasks:
+        for task in (publisher, receiving):
             task.cancel()
-    lost = total - counts["delivered"] - counts["missed"]
-    return {"rate": rate, **counts, "errors": counts["errors"] + lost, **_latency(latencies),
-            "load_cpu_share": (_cpu() - cpu) / (warmup + seconds)}
+        await asyncio.gather(publisher, receiving, return_exceptions=True)
+        subscriber.writer.close()
+    sent = publisher.result()
+    measured_from = sent.pop("start_ns") + int(warmup * 1e9)
+    latencies = [(arrived - due) / 1e6 for due, arrived in arrivals if due >= measured_from]
+    # Published (answered) but neither delivered nor reported missed: a silent loss, counted as errors.
+    lost = max(0, sent["replies"] - counts["delivered"] - counts["missed"])
+    load_cpu = _cpu() - cpu + sent.pop("load_cpu_s")
+    return {"rate": rate, **sent, **counts, "lost": lost, "errors": sent["errors"] + lost, **_latency(latencies),
+            "load_cpu_share": load_cpu / (warmup + seconds), "c_publisher": 1.0 if binary else 0.0}
+
+
+STAMP = "0" * 19  # where openloop.c writes each call's due time
+
+
+async def _publish_c(binary: Path, port: int, room: str, rate: float, total: int) -> dict[str, Any]:
+    request, reply = peers.call_bytes("framed", "binary", message=Message(sender="openloop", room=room,
+                                                                          content=STAMP))
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), "127.0.0.1", str(port), repr(rate), str(total), request.hex(), reply.hex(),
+        str(request.index(STAMP.encode())), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"openloop failed ({proc.returncode}): {err.decode().strip()}")
+    figures: dict[str, Any] = json.loads(out)
+    return figures
+
+
+async def _publish_python(port: int, room: str, rate: float, total: int) -> dict[str, Any]:
+    """The fallback publisher: the same schedule as openloop.c, kept as well as Python can."""
+    publisher = await Wire.open(port)
+    start = time.monotonic_ns() + 10_000_000
+    interval = 1e9 / rate
+    counts = {"sent": 0, "replies": 0, "errors": 0}
+
+    async def publish() -> None:
+        sent = 0
+        while sent < total:
+            due_count = min(total, int((time.monotonic_ns() - start) / interval) + 1)
+            if due_count > sent:
+                publisher.writer.write(b"".join(publisher.request("sendMessage", message=Message(
+                    sender="openloop", room=room, content=str(start + int(i * interval))))
+                    for i in range(sent, due_count)))
+                counts["sent"] = sent = due_count
+            await asyncio.sleep(max(0.0, (start + sent * interval - time.monotonic_ns()) / 1e9))
+
+    async def acknowledge() -> None:
+        while counts["replies"] + counts["errors"] < total:
+            frame = await publisher.frame()
+            try:
+                Wire.result("sendMessage", frame)
+                counts["replies"] += 1
+            except RuntimeError:
+                counts["errors"] += 1
+
+    try:
+        await asyncio.gather(publish(), acknowledge())
+    finally:
+        publisher.writer.close()
+    return {**counts, "start_ns": start, "load_cpu_s": 0.0}  # its CPU is this process's
 
 
 async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> dict[str, Any]:
-    """`subscribers` long-poll one room while one publisher sends as fast as the server answers it."""
-    room = "fanout"
+    """`subscribers` long-poll one room while one publisher sends as fast as the server answers it.
+
+    The room is this run's own and every subscription is ended before the run returns: a subscription
+    outlives its connection (until --subscription-ttl), and ten thousand left behind in a shared room
+    would slow the next run's publishes."""
+    room = f"fanout-{os.getpid()}"
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, subscribers + 1024)), hard))
     wires = []
@@ -186,9 +238,11 @@ async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> 
     took = time.perf_counter() - started
     load_cpu = _cpu() - cpu
     running = False
-    for task in tasks:
-        task.cancel()
+    tasks[-1].cancel()  # the publisher; each subscriber ends with its poll, woken by the unsubscribe
+    for wire, sub in zip(wires, subs, strict=True):
+        wire.writer.write(wire.request("unsubscribe", subscription_id=sub.subscription_id))
     await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*(_unsubscribed(wire) for wire in wires))
     for wire in [*wires, publisher]:
         wire.writer.close()
     return {"subscribers": subscribers, "deliveries_per_s": counts["delivered"] / took,

@@ -6,25 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from pathlib import Path
 
 import pytest
 
 from async_chat import ChatClient, Message
-from benchmarks.processes import LOOPBACK, ServerProcess, start_server
+from benchmarks.processes import LOOPBACK, start_server
 
 from .conftest import read_to_close
 
 pytestmark = pytest.mark.one_loop  # the server is a process of its own
 
 MiB = 1024 * 1024
-
-
-def rss(server: ServerProcess) -> int:
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
 
 
 async def normal_service(client: ChatClient, sub_id: str, n: int) -> None:
@@ -42,7 +34,7 @@ async def test_memory_stays_bounded_under_three_attacks_and_normal_service_goes_
             normal = await client.create_subscription("normal", 0)
             for n in range(20):
                 await normal_service(client, normal.subscription_id, n)
-            base = rss(server)
+            base = server.rss_bytes()
 
             # 1. A string claiming 2 GiB.
             reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
@@ -52,7 +44,7 @@ async def test_memory_stays_bounded_under_three_attacks_and_normal_service_goes_
                 assert await read_to_close(reader) == b""  # closed before it read the rest
             writer.close()
             await normal_service(client, normal.subscription_id, 100)
-            figures["2 GiB claim"] = (rss(server) - base) / MiB
+            figures["2 GiB claim"] = (server.rss_bytes() - base) / MiB
 
             # 2. 10,000 messages of 10 KB to a subscriber that never polls (100 MB if it were all kept).
             await client.create_subscription("flood", 0)
@@ -66,7 +58,7 @@ async def test_memory_stays_bounded_under_three_attacks_and_normal_service_goes_
             stats = await client.stats(5)
             flood = next(r for r in stats.top_rooms if r.room == "flood")
             assert (flood.queued, flood.dropped) == (1000, 9000)  # the queue's bound, the rest counted
-            figures["10,000 x 10 KB to a stalled subscriber"] = (rss(server) - base) / MiB
+            figures["10,000 x 10 KB to a stalled subscriber"] = (server.rss_bytes() - base) / MiB
 
             # 3. 1,000 idle connections.
             idle = [await asyncio.open_connection(LOOPBACK, server.port) for _ in range(1000)]
@@ -76,7 +68,7 @@ async def test_memory_stays_bounded_under_three_attacks_and_normal_service_goes_
                     while (await client.stats(0)).connections < 1000:  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
                 await normal_service(client, normal.subscription_id, 300)
-                figures["+ 1,000 idle connections"] = (rss(server) - base) / MiB
+                figures["+ 1,000 idle connections"] = (server.rss_bytes() - base) / MiB
             finally:
                 for _reader, idle_writer in idle:
                     idle_writer.close()
