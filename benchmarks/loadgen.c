@@ -23,10 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "loadgen.h"
 
 #define MAX_SAMPLES (1 << 24)
 
@@ -45,27 +45,6 @@ static int epfd;
 static uint64_t *samples;
 static size_t nsamples;
 static uint64_t calls, errors, reconnects;
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static unsigned char *unhex(const char *hex, size_t *len) {
-    size_t n = strlen(hex) / 2;
-    unsigned char *out = malloc(n ? n : 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned int byte;
-        if (sscanf(hex + 2 * i, "%2x", &byte) != 1) {
-            fprintf(stderr, "loadgen: bad hex\n");
-            exit(2);
-        }
-        out[i] = (unsigned char)byte;
-    }
-    *len = n;
-    return out;
-}
 
 static int open_conn(conn_t *c) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -189,10 +168,7 @@ int main(int argc, char **argv) {
             fin - conns[i].started > (uint64_t)(seconds * 1e9))
             waiting++;
     qsort(samples, nsamples, sizeof(uint64_t), cmp);
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-                 (double)ru.ru_stime.tv_usec / 1e6;
+    double cpu = cpu_seconds();
     printf("{\"calls\": %llu, \"errors\": %llu, \"reconnects\": %llu, \"waiting\": %d, \"seconds\": %.6f, "
            "\"p50_us\": %.1f, \"p99_us\": %.1f, \"p999_us\": %.1f, \"load_cpu_s\": %.4f}\n",
            (unsigned long long)calls, (unsigned long long)errors, (unsigned long long)reconnects, waiting,

@@ -20,6 +20,7 @@ from pathlib import Path
 from .harness import percentile
 
 BUILD = Path(__file__).with_name(".build")
+HEADER = Path(__file__).with_name("loadgen.h")  # what the C programs share
 SERVER_CPU = "0"
 LOAD_CPU = "1"
 
@@ -37,7 +38,8 @@ def compiled(program: str = "loadgen") -> Path | None:
     """A C load program of benchmarks/ (loadgen, openloop), compiled if its source changed; None without
     a C compiler."""
     source, binary = Path(__file__).with_name(program + ".c"), BUILD / program
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    changed = max(source.stat().st_mtime, HEADER.stat().st_mtime)
+    if binary.exists() and binary.stat().st_mtime >= changed:
         return binary
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:

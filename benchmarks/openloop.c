@@ -25,37 +25,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "loadgen.h"
 
 #define STAMP_DIGITS 19
 #define TICK_NS 100000ull /* calls due within one tick go out in one write: a wake-up per call costs more
                              than the calls on this machine; each call's latency still counts from when it
                              was due, so the grouping only ever counts against the server */
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static unsigned char *unhex(const char *hex, size_t *len) {
-    size_t n = strlen(hex) / 2;
-    unsigned char *out = malloc(n ? n : 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned int byte;
-        if (sscanf(hex + 2 * i, "%2x", &byte) != 1) {
-            fprintf(stderr, "openloop: bad hex\n");
-            exit(2);
-        }
-        out[i] = (unsigned char)byte;
-    }
-    *len = n;
-    return out;
-}
 
 static void arm(int tfd, uint64_t at) {
     struct itimerspec when = {.it_value = {.tv_sec = (time_t)(at / 1000000000ull),
@@ -163,10 +142,7 @@ int main(int argc, char **argv) {
         }
     }
     errors = count - replies; /* what was never answered as expected, for whatever reason */
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
-                 (double)ru.ru_stime.tv_usec / 1e6;
+    double cpu = cpu_seconds();
     printf("{\"sent\": %zu, \"replies\": %zu, \"errors\": %zu, \"start_ns\": %llu, \"load_cpu_s\": %.4f}\n",
            written / request_len, replies, errors, (unsigned long long)start, cpu);
     return 0;
