@@ -15,7 +15,7 @@ Each is handled here rather than patched in thriftpy2:
   without reading a byte: seconds of a blocked loop per 11 bytes sent. Only a container can start such a
   loop, and no call of the contract has one in its arguments, so a call that holds one is never given to
   cybin. Bytes without a 0x0d..0x0f (the container type bytes) anywhere hold none; bytes with one (a
-  string of 13 to 15 bytes, a seqid, a digit of a timestamp) are walked field by field (`call_length`), which
+  string of 13 to 15 bytes, a seqid, an i64 timestamp) are walked field by field (`call_length`), which
   also tells where the call ends.
 - A negative length raises SystemError.
 A buffered call has no length of its own: when the bytes hold more than one call, the walk says where the

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 from thriftpy2.protocol import TBinaryProtocol
@@ -80,11 +79,10 @@ def list_field(elem_type: int, count: int) -> bytes:
 
 def test_containers_are_never_given_to_cybin(codec: Codec) -> None:
     # A list of a zero-width type claiming 2**31-1 elements: cybin would loop that many times skipping it.
+    # Given to cybin, it would come back decoded (after seconds), not refused.
     bomb = list_field(TType.STOP, 2**31 - 1)
-    started = time.monotonic()
     assert codec.decode(bomb, whole=True) is None
     assert codec.decode(bomb) is None
-    assert time.monotonic() - started < 1.0  # a guard against the loop itself, not a benchmark
     assert call_length(bomb) is None
 
 
