@@ -123,9 +123,11 @@ class Codec:
         finally:
             source.load(b"")
             prot.trans.clean()  # nothing read ahead (the probe, a second call) stays for the next decode
-        if pipelined:  # more than one call: the walk says where the first one ends
+        if pipelined:  # more than one call: the first is decoded; the walk says where it ends
             end = call_length(data)
-            return None if end is None else self.decode(data[:end], whole=True)
+            if end is None:
+                return None
+            size = end
         if type(api) is not str:
             return None  # a name that is not UTF-8: the streaming decoder says so
         return Call(api, seqid, args), size
