@@ -9,7 +9,6 @@ as the C load generator. The gap between the two figures on one server is the cl
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import time
 
@@ -17,7 +16,7 @@ import uvloop
 
 from async_chat import ChatClient, Message
 
-from .harness import closed_loop_timed, percentile
+from .harness import closed_loop_timed, own_cpu_seconds, percentile
 from .peers import CONTENT, SENDER
 
 
@@ -28,12 +27,11 @@ async def main(port: int, connections: int, warmup: float, seconds: float, trans
         done, failed, took, latencies = await closed_loop_timed(
             lambda _i: client.sendMessage(message), connections, seconds
         )
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     micros = [s * 1e6 for s in latencies]
     print(json.dumps({
         "calls": done, "errors": failed, "reconnects": 0, "waiting": 0, "seconds": took,
         "p50_us": percentile(micros, 50), "p99_us": percentile(micros, 99), "p999_us": percentile(micros, 99.9),
-        "load_cpu_s": usage.ru_utime + usage.ru_stime,
+        "load_cpu_s": own_cpu_seconds(),
     }))
 
 

@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -94,6 +95,19 @@ async def closed_loop_timed(
 
     done, failed, took = await closed_loop(timed, tasks, seconds)
     return done, failed, took, latencies
+
+
+def allow_open_files(count: int) -> None:
+    """Raise this process's soft limit on open files to hold `count` sockets and some to spare (never
+    past the hard limit): thousands of connections are a scenario here, not a leak."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 1024)), hard))
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU time so far (user and system): every load process reports its own."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import percentile
+from .harness import own_cpu_seconds, percentile
 
 BUILD = Path(__file__).with_name(".build")
 HEADER = Path(__file__).with_name("loadgen.h")  # what the C programs share
@@ -88,9 +88,15 @@ def run(load: Load, *, use_c: bool = True, client: tuple[str, str] | None = None
 def run_pinned(argv: list[str], timeout: float) -> dict[str, float]:
     """Run a load process on the load core (blocking) and return the JSON object it prints."""
     done = subprocess.run(pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"the load generator failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    figures: dict[str, float] = json.loads(done.stdout)
+    return figures_of(done.returncode, done.stdout, done.stderr)
+
+
+def figures_of(returncode: int | None, stdout: str | bytes, stderr: str | bytes) -> dict[str, float]:
+    """The JSON object a load process printed, or why it failed."""
+    if returncode != 0:
+        err = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+        raise RuntimeError(f"the load generator failed ({returncode}): {err.strip()[-2000:]}")
+    figures: dict[str, float] = json.loads(stdout)
     return figures
 
 
@@ -143,8 +149,6 @@ class _Fallback:
 
 
 async def _fallback(port: int, connections: int, warmup: float, seconds: float, request: bytes, reply: bytes) -> None:
-    import resource
-
     owner = _Fallback(request, reply, warmup, seconds)
     loop = asyncio.get_running_loop()
     transports = [(await loop.create_connection(lambda: _Caller(owner), "127.0.0.1", port))[0]
@@ -152,12 +156,11 @@ async def _fallback(port: int, connections: int, warmup: float, seconds: float, 
     await asyncio.sleep(owner.end - time.perf_counter())
     for transport in transports:
         transport.close()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
     micros = [s * 1e6 for s in owner.samples]
     print(json.dumps({
         "calls": len(owner.samples), "errors": owner.errors, "reconnects": 0, "waiting": 0, "seconds": seconds,
         "p50_us": percentile(micros, 50), "p99_us": percentile(micros, 99), "p999_us": percentile(micros, 99.9),
-        "load_cpu_s": usage.ru_utime + usage.ru_stime,
+        "load_cpu_s": own_cpu_seconds(),
     }))
 
 

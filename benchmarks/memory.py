@@ -10,13 +10,12 @@ the figure also shows that many can be held.
 from __future__ import annotations
 
 import asyncio
-import resource
 import sys
 from dataclasses import asdict, dataclass
 
 from async_chat import ChatClient
 
-from .harness import Progress, Report
+from .harness import Progress, Report, allow_open_files
 from .processes import LOOPBACK, UNLIMITED, start_process
 
 POOL = 16
@@ -48,8 +47,7 @@ async def _settled(client: ChatClient, connections: int, subscriptions: int) -> 
 
 
 async def run(p: Parameters, bar: Progress) -> Report:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, p.connections + 1024)), hard))
+    allow_open_files(p.connections)
     report = Report("memory", asdict(p))
     limit = str(max(p.connections, p.subscriptions) + 1024)
     for index in range(p.rounds):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[
 from async_chat.contract import ChatService, Message
 
 from . import loadgen, peers
-from .harness import percentile
+from .harness import allow_open_files, own_cpu_seconds, percentile
 
 
 class Wire:
@@ -73,11 +72,6 @@ class Wire:
         return self.result(api, await self.frame())
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _latency(ms: list[float]) -> dict[str, float]:
     return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "p999_ms": percentile(ms, 99.9),
             "max_ms": max(ms, default=float("nan"))}
@@ -98,7 +92,7 @@ async def openloop(port: int, rate: float, warmup: float, seconds: float) -> dic
     total = int(rate * (warmup + seconds))
     counts = {"delivered": 0, "missed": 0}
     arrivals: list[tuple[int, int]] = []  # (due, arrived), in ns
-    cpu = _cpu()
+    cpu = own_cpu_seconds()
     binary = loadgen.compiled("openloop")
     publisher = asyncio.create_task(
         _publish_c(binary, port, room, rate, total) if binary else _publish_python(port, room, rate, total))
@@ -127,7 +121,7 @@ async def openloop(port: int, rate: float, warmup: float, seconds: float) -> dic
     latencies = [(arrived - due) / 1e6 for due, arrived in arrivals if due >= measured_from]
     # Published (answered) but neither delivered nor reported missed: a silent loss, counted as errors.
     lost = max(0, sent["replies"] - counts["delivered"] - counts["missed"])
-    load_cpu = _cpu() - cpu + sent.pop("load_cpu_s")
+    load_cpu = own_cpu_seconds() - cpu + sent.pop("load_cpu_s")
     return {"rate": rate, **sent, **counts, "lost": lost, "errors": sent["errors"] + lost, **_latency(latencies),
             "load_cpu_share": load_cpu / (warmup + seconds), "c_publisher": 1.0 if binary else 0.0}
 
@@ -135,7 +129,7 @@ async def openloop(port: int, rate: float, warmup: float, seconds: float) -> dic
 STAMP = "0" * 19  # where openloop.c writes each call's due time
 
 
-async def _publish_c(binary: Path, port: int, room: str, rate: float, total: int) -> dict[str, Any]:
+async def _publish_c(binary: Path, port: int, room: str, rate: float, total: int) -> dict[str, float]:
     request, reply = peers.call_bytes("framed", "binary", message=Message(sender="openloop", room=room,
                                                                           content=STAMP))
     proc = await asyncio.create_subprocess_exec(
@@ -147,10 +141,7 @@ async def _publish_c(binary: Path, port: int, room: str, rate: float, total: int
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(f"openloop failed ({proc.returncode}): {err.decode().strip()}")
-    figures: dict[str, Any] = json.loads(out)
-    return figures
+    return loadgen.figures_of(proc.returncode, out, err)
 
 
 async def _publish_python(port: int, room: str, rate: float, total: int) -> dict[str, Any]:
@@ -194,8 +185,7 @@ async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> 
     outlives its connection (until --subscription-ttl), and ten thousand left behind in a shared room
     would slow the next run's publishes."""
     room = f"fanout-{os.getpid()}"
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, subscribers + 1024)), hard))
+    allow_open_files(subscribers)
     wires = []
     for _ in range(subscribers):
         wires.append(await Wire.open(port))
@@ -232,11 +222,11 @@ async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> 
              enumerate(zip(wires, subs, strict=True))]
     tasks.append(asyncio.create_task(publish()))
     await asyncio.sleep(warmup)
-    measuring, cpu, started = True, _cpu(), time.perf_counter()
+    measuring, cpu, started = True, own_cpu_seconds(), time.perf_counter()
     await asyncio.sleep(seconds)
     measuring = False
     took = time.perf_counter() - started
-    load_cpu = _cpu() - cpu
+    load_cpu = own_cpu_seconds() - cpu
     running = False
     tasks[-1].cancel()  # the publisher; each subscriber ends with its poll, woken by the unsubscribe
     for wire, sub in zip(wires, subs, strict=True):
