@@ -16,9 +16,13 @@
  * Delivery model, for client authors in any language:
  *   - Every room has its own sequence: seq 1, 2, 3, ... assigned by the server, strictly increasing,
  *     without gaps. A message's (room, seq) is its identity.
- *   - Subscribers long-poll: subscribe() once, then call poll() in a loop. Each Batch says where to
- *     resume (next_seq) and how many messages this subscriber lost since its previous poll (missed).
- *     Loss is never silent: if you see missed > 0, tell your user.
+ *   - Subscribers long-poll: subscribe() once, then call poll() in a loop, passing from_seq = the
+ *     next_seq of the last Batch you received. Each Batch says where to resume (next_seq) and how many
+ *     messages this subscriber will never get just before its first message (missed). Loss is never
+ *     silent: if you see missed > 0, tell your user.
+ *   - A reply lost with its connection costs a re-send, never a message: poll the same subscription
+ *     again, from a new connection, with the same from_seq, and the same batch comes again. A poll
+ *     without from_seq (as clients generated from older contracts send it) is at-most-once per batch.
  *   - To resume after a disconnect, subscribe again with from_seq = the last seq you delivered + 1.
  *     Messages still in the room's history are replayed; those that are not count in missed.
  */
@@ -86,8 +90,11 @@ struct Batch {
     /** Where this subscription resumes: the seq after the last message delivered (or skipped). */
     2: i64 next_seq,
     /**
-     * How many messages this subscriber lost since its previous poll: its queue overflowed because it
-     * polled too slowly, or the history no longer reached back to the seq it asked for. Never silent.
+     * How many messages this subscriber will never get between where this poll started and the batch's
+     * first message (or next_seq, when the batch is empty): its queue overflowed and history no longer
+     * held them, history no longer reached back to the seq it asked for, or the broker lost them. A batch
+     * never has a gap after its first message: a loss is reported in the batch that follows it. Never
+     * silent.
      */
     3: i64 missed,
 }
@@ -155,9 +162,14 @@ service ChatService {
      * Long-poll a subscription. Returns at once when messages are waiting; otherwise waits up to wait_ms
      * (capped by the server's maximum) for the first one, and returns an empty Batch if none came.
      * Returns at most max_messages (1 or more; capped by the server's maximum).
-     * Polls on one subscription are served one at a time.
+     * from_seq (optional; 0 or absent: "from where the server thinks I am") is where the client is: the
+     * next_seq of the last Batch it received, or the Subscription's next_seq before the first poll. One
+     * lower than the server's position means the last reply was lost: that batch is served again (or read
+     * back from history, counting in missed only what history no longer holds). A from_seq past the
+     * server's position is INVALID. Polls on one subscription are served one at a time.
      */
-    Batch poll(1: string subscription_id, 2: i32 max_messages, 3: i32 wait_ms) throws (1: ChatError error),
+    Batch poll(1: string subscription_id, 2: i32 max_messages, 3: i32 wait_ms, 4: i64 from_seq)
+        throws (1: ChatError error),
 
     /** End a subscription and free its queue. Unknown ids are ignored. */
     void unsubscribe(1: string subscription_id),

@@ -159,9 +159,11 @@ class ChatClient(AsyncResource):
         """The raw `subscribe` call: returns the IDL's Subscription. Most apps want `subscribe()`."""
         return await self.call("subscribe", room, from_seq)
 
-    async def poll(self, subscription_id: str, max_messages: int = 100, wait_ms: int = 0) -> Any:
-        """The raw `poll` call: returns the IDL's Batch."""
-        return await self.call("poll", subscription_id, max_messages, wait_ms, timeout=self._poll_timeout(wait_ms))
+    async def poll(self, subscription_id: str, max_messages: int = 100, wait_ms: int = 0, from_seq: int = 0) -> Any:
+        """The raw `poll` call: returns the IDL's Batch. Pass `from_seq` (the last Batch's next_seq) to make
+        a retried poll safe: a reply lost on the way is served again."""
+        timeout = self._poll_timeout(wait_ms)
+        return await self.call("poll", subscription_id, max_messages, wait_ms, from_seq, timeout=timeout)
 
     async def unsubscribe(self, subscription_id: str) -> None:
         await self.call("unsubscribe", subscription_id)
@@ -374,7 +376,9 @@ class MessageStream(AsyncResource):
     async def _fill(self) -> None:
         client = self._client
         conn = await self._ensure_subscribed()
-        args = (self.subscription_id, self._max_messages, self._wait_ms)
+        # Saying where we are makes the poll safe to repeat: a reply lost with its connection is served again
+        # when we poll the same subscription from a new one.
+        args = (self.subscription_id, self._max_messages, self._wait_ms, self.next_seq)
         batch = await client.invoke(conn, "poll", args, client._poll_timeout(self._wait_ms))
         if batch.missed:
             resume = batch.messages[0].seq if batch.messages else batch.next_seq

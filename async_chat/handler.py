@@ -90,7 +90,9 @@ class ChatHandler:
             session.subscriptions.add(sub.subscription_id)
         return sub
 
-    async def poll(self, subscription_id: str | None, max_messages: int | None, wait_ms: int | None) -> Any:
+    async def poll(
+        self, subscription_id: str | None, max_messages: int | None, wait_ms: int | None, from_seq: int | None = None
+    ) -> Any:
         self._caller()
         if not subscription_id:
             raise InvalidRequest("subscription_id is required")
@@ -98,11 +100,14 @@ class ChatHandler:
             raise InvalidRequest(f"max_messages must be at least 1, not {max_messages}")
         if wait_ms is None or wait_ms < 0:
             raise InvalidRequest(f"wait_ms must be 0 or more, not {wait_ms}")
+        if from_seq is not None and from_seq < 0:
+            raise InvalidRequest(f"from_seq must be 0 (the server's position) or a seq >= 1, not {from_seq}")
         limits = self.settings
         return await self.hub.poll(
             subscription_id,
             min(max_messages, limits.max_poll_messages),
             min(wait_ms, limits.max_poll_wait_ms) / 1000,
+            from_seq or 0,
         )
 
     async def unsubscribe(self, subscription_id: str | None) -> None:

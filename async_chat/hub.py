@@ -2,12 +2,20 @@
 
 Data flows one way: handler -> hub.publish -> broker (assigns seq, stores) -> hub._deliver -> each
 subscriber's queue -> poll. The broker delivers the rooms the hub watches (those with subscribers here).
-A publisher never waits on a subscriber: `_deliver` only appends to bounded deques. When a queue is full
-the oldest message is dropped and counted into that subscriber's `missed`, which the next poll reports
-(then resets): loss is never silent.
+A publisher never waits on a subscriber: `_deliver` only appends to bounded deques.
 
 A subscription is a cursor (`cursor`, the next seq it owes the client) over two sources: the room's
-history for seqs before `live_start` (a replay), then its live queue. A subscription nobody polls for
+history for seqs before `live_start`, then its live queue, which holds what arrived from `live_start` on.
+A full queue drops its oldest message and moves `live_start` past it: the dropped message is read back
+from history when the cursor gets there, and only what history no longer holds is lost.
+
+`missed` is never a counter kept aside: a batch's missed is the distance from where the batch starts to
+its first message (or to next_seq when it is empty). A batch never carries a gap after its first
+message, so a loss is reported exactly where it is, in the batch whose first message follows it.
+
+A poll may say where the client is (`from_seq`): one lower than the cursor means the previous reply was
+lost with its connection, and it is served again (from the last batch kept for that, else from history).
+Polls that do not say are at-most-once per batch, as before. A subscription nobody polls for
 `subscription_ttl` seconds is reaped and its queue freed.
 """
 
@@ -25,7 +33,7 @@ from typing import Any
 
 from .brokers import Broker
 from .contract import Batch, RoomStats, Subscription
-from .errors import NoSuchSubscription, Unavailable
+from .errors import InvalidRequest, NoSuchSubscription, Unavailable
 from .tasks import cancel_and_wait, every, housekeeping_interval
 
 logger = logging.getLogger(__name__)
@@ -60,12 +68,12 @@ class _Subscriber:
     __slots__ = (
         "cursor",
         "dropped",
-        "floor",
         "id",
+        "last",
         "last_active",
+        "last_start",
         "live_start",
         "lock",
-        "missed",
         "queue",
         "room",
         "waiter",
@@ -77,9 +85,11 @@ class _Subscriber:
         self.queue: deque[Any] = deque()
         self.cursor = 0
         self.live_start = 0
-        self.floor = 0
-        self.missed = 0
         self.dropped = 0
+        self.last: list[Any] = []
+        """The last batch served to a poll that said where it was: served again if its reply was lost."""
+        self.last_start = 0
+        """Where that batch started."""
         self.last_active = now
         self.waiter: asyncio.Future[None] | None = None
         self.lock = asyncio.Lock()
@@ -174,9 +184,8 @@ class Hub:
                     evict.append(sub)
                     continue
                 dropped = queue.popleft()
-                sub.missed += 1
                 sub.dropped += 1
-                sub.floor = dropped.seq + 1
+                sub.live_start = max(sub.live_start, dropped.seq + 1)  # history serves it, if it still can
                 self.dropped_total += 1
             queue.append(message)
             sub.wake()
@@ -239,16 +248,25 @@ class Hub:
         sub.queue.clear()
         sub.wake()
 
-    async def poll(self, sub_id: str, max_messages: int, wait: float) -> Any:
-        """Return waiting messages at once, else wait up to `wait` seconds for the first one."""
+    async def poll(self, sub_id: str, max_messages: int, wait: float, from_seq: int = 0) -> Any:
+        """Return waiting messages at once, else wait up to `wait` seconds for the first one.
+
+        `from_seq` >= 1 says where the client is: lower than the cursor means the previous reply never
+        arrived, and it is served again; 0 trusts the cursor (at-most-once per batch)."""
         sub = self._subs.get(sub_id)
         if sub is None:
             raise NoSuchSubscription(f"no subscription {sub_id!r} (never issued, unsubscribed or expired)")
         async with sub.lock:
             sub.last_active = self._clock()
             try:
+                if from_seq:
+                    again = self._rewind(sub, from_seq)
+                    if again is not None:
+                        return again
+                start = sub.cursor
                 messages = await self._collect(sub, max_messages)
-                if not messages and wait > 0 and self.state is HubState.RUNNING and sub.id in self._subs:
+                if not messages and sub.cursor == start and wait > 0 and self.state is HubState.RUNNING \
+                        and sub.id in self._subs:
                     loop = asyncio.get_running_loop()
                     sub.waiter = loop.create_future()
                     self.polls_waiting += 1
@@ -263,35 +281,65 @@ class Hub:
                     messages = await self._collect(sub, max_messages)
             finally:
                 sub.last_active = self._clock()
-            missed, sub.missed = sub.missed, 0
-            self.delivered_total += len(messages)
-            self.missed_total += missed
-            return Batch(messages=messages, next_seq=sub.cursor, missed=missed)
+            if from_seq:
+                sub.last, sub.last_start = messages, start
+            return self._batch(messages, start, sub.cursor)
+
+    def _batch(self, messages: list[Any], start: int, next_seq: int) -> Any:
+        missed = (messages[0].seq if messages else next_seq) - start
+        self.delivered_total += len(messages)
+        self.missed_total += missed
+        return Batch(messages=messages, next_seq=next_seq, missed=missed)
+
+    def _rewind(self, sub: _Subscriber, from_seq: int) -> Any:
+        """Move the cursor back to where the client says it is; a Batch when the last one is served again."""
+        cursor = sub.cursor
+        if from_seq > cursor:
+            raise InvalidRequest(f"from_seq {from_seq} is past this subscription's position {cursor}")
+        if from_seq == cursor:
+            sub.last = []  # the client has the last batch: it need not be kept
+            return None
+        if sub.last_start <= from_seq and (sub.last or sub.last_start == from_seq):
+            # The last reply was lost: the same messages again (a re-sent batch also reports its gap).
+            again = [m for m in sub.last if m.seq >= from_seq]
+            return self._batch(again, from_seq, cursor)
+        # Further back than the last batch: history serves it, and the queue still holds what follows.
+        sub.live_start = max(sub.live_start, cursor)
+        sub.cursor = from_seq
+        sub.last = []
+        return None
 
     async def _collect(self, sub: _Subscriber, max_messages: int) -> list[Any]:
+        """Up to `max_messages` from the cursor on, in seq order. A gap is skipped (and so counted, by
+        `_batch`) only before the first message: a batch stops at a gap, and the next one starts with it."""
         out: list[Any] = []
         if sub.cursor < sub.live_start:
             want = min(max_messages, sub.live_start - sub.cursor)
             try:
-                page = [m for m in await self.broker.history(sub.room, sub.cursor, want) if m.seq < sub.live_start]
+                page = await self.broker.history(sub.room, sub.cursor, want)
             except Unavailable:
                 return out  # the broker is away: an empty batch now, the replay resumes when it is back
-            first = page[0].seq if page else sub.live_start
-            if first > sub.cursor:
-                sub.missed += first - sub.cursor  # history no longer reaches back that far
-            out.extend(page)
-            sub.cursor = page[-1].seq + 1 if page else sub.live_start
-        if sub.cursor >= sub.live_start:
-            sub.cursor = max(sub.cursor, sub.floor)
-            queue = sub.queue
-            while queue and len(out) < max_messages:
-                message = queue.popleft()
-                if message.seq >= sub.cursor:
-                    # A seq the broker never delivered (lost with a failed Redis, or trimmed before this
-                    # node read it) is a gap: count it, never skip it silently.
-                    sub.missed += message.seq - sub.cursor
+            if not page or page[0].seq >= sub.live_start:
+                sub.cursor = sub.live_start  # history no longer reaches back: skipped, so counted as missed
+            else:
+                sub.cursor = max(sub.cursor, page[0].seq)  # history begins later: the start is missed
+                for message in page:
+                    if message.seq != sub.cursor or message.seq >= sub.live_start:
+                        break  # a gap after the first message, or past the replay: the next batch goes on
                     out.append(message)
                     sub.cursor = message.seq + 1
+            if sub.cursor < sub.live_start:
+                return out
+        queue = sub.queue
+        while queue and len(out) < max_messages:
+            seq = queue[0].seq
+            if seq < sub.cursor:
+                queue.popleft()  # already served from history
+                continue
+            if seq > sub.cursor and out:
+                break  # a seq the broker never delivered: a gap, reported by the next batch
+            out.append(queue.popleft())
+            sub.cursor = seq + 1
         return out
 
     # -- history ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_chat import Message, NoSuchSubscription, Unavailable
+from async_chat import InvalidRequest, Message, NoSuchSubscription, Unavailable
 from async_chat.brokers.memory import MemoryBroker
 from async_chat.hub import Hub, HubLimits
 
@@ -53,20 +53,93 @@ async def test_replay_longer_than_the_queue_is_read_from_history_not_dropped(hub
     assert (seqs, missed) == (list(range(1, 11)), 0)
 
 
-async def test_live_overflow_during_a_replay_is_counted_once(hub: Hub) -> None:
+async def drain(hub: Hub, sub_id: str, per_poll: int) -> list[tuple[list[int], int]]:
+    """(seqs, missed) of each batch until one comes back empty (bounded)."""
+    batches = []
+    for _ in range(200):
+        batch = await hub.poll(sub_id, per_poll, 0)
+        if not batch.messages and not batch.missed:
+            return batches
+        batches.append(([m.seq for m in batch.messages], batch.missed))
+    raise AssertionError("the subscription never ran dry")
+
+
+async def test_live_overflow_during_a_replay_is_read_back_from_history(hub: Hub) -> None:
     await publish(hub, 5)
     sub = await hub.subscribe("r", 1)
-    await publish(hub, 7)  # seqs 6..12 into a queue of 4: 6, 7, 8 dropped
-    got: list[int] = []
-    missed = 0
-    while True:
-        batch = await hub.poll(sub.subscription_id, 100, 0)
-        if not batch.messages:
-            break
-        got += [m.seq for m in batch.messages]
-        missed += batch.missed
-    assert got == [1, 2, 3, 4, 5, 9, 10, 11, 12]
-    assert missed == 3
+    await publish(hub, 7)  # seqs 6..12 into a queue of 4: 6, 7, 8 dropped from it, but history holds them
+    batches = await drain(hub, sub.subscription_id, 100)
+    assert [seq for seqs, _ in batches for seq in seqs] == list(range(1, 13))
+    assert sum(missed for _, missed in batches) == 0
+
+
+async def test_missed_is_reported_at_its_gap_and_only_for_what_history_lost() -> None:
+    """Finding 2: replaying 1..20 three at a time while 21..30 overflow a queue of 5 reported missed=5
+    with seqs 1-3, although the gap was 21..25 and history still held it."""
+    hub = Hub(MemoryBroker(history=25, dedup_window=3), HubLimits(queue_size=5))
+    await hub.start()
+    try:
+        await publish(hub, 20)
+        sub = await hub.subscribe("r", 1)
+        await publish(hub, 10)  # 21..30: the queue of 5 keeps 26..30; history (25) still holds 6..30
+        batches = await drain(hub, sub.subscription_id, 3)
+        assert [seq for seqs, _ in batches for seq in seqs] == list(range(6, 31))
+        assert batches[0] == ([6, 7, 8], 5)  # 1..5 left history before the replay reached them: here, first
+        assert all(missed == 0 for _, missed in batches[1:])
+    finally:
+        await hub.aclose()
+
+
+async def test_a_gap_is_reported_by_the_batch_whose_first_message_follows_it() -> None:
+    hub = Hub(MemoryBroker(history=0, dedup_window=3), HubLimits(queue_size=3))
+    await hub.start()
+    try:
+        sub = await hub.subscribe("r", 0)
+        await publish(hub, 2)  # 1, 2 polled below; then 3..8 overflow a queue of 3 with no history
+        first = await hub.poll(sub.subscription_id, 10, 0)
+        await publish(hub, 6)
+        assert ([m.seq for m in first.messages], first.missed) == ([1, 2], 0)
+        assert await drain(hub, sub.subscription_id, 10) == [([6, 7, 8], 3)]
+    finally:
+        await hub.aclose()
+
+
+async def test_a_poll_reply_lost_with_its_connection_is_served_again() -> None:
+    """Finding 1: a poll answers 1..5, the reply is lost; polling again from the client's own position
+    must give 1..5 again (a lost reply costs a re-send, never a message)."""
+    hub = Hub(MemoryBroker(history=0, dedup_window=3), HubLimits(queue_size=100))
+    await hub.start()
+    try:
+        sub = await hub.subscribe("r", 0)
+        await publish(hub, 10)
+        lost = await hub.poll(sub.subscription_id, 5, 0, from_seq=sub.next_seq)
+        assert [m.seq for m in lost.messages] == [1, 2, 3, 4, 5]
+        again = await hub.poll(sub.subscription_id, 5, 0, from_seq=sub.next_seq)  # the same position
+        assert ([m.seq for m in again.messages], again.missed, again.next_seq) == ([1, 2, 3, 4, 5], 0, 6)
+        rest = await hub.poll(sub.subscription_id, 10, 0, from_seq=again.next_seq)
+        assert ([m.seq for m in rest.messages], rest.missed) == ([6, 7, 8, 9, 10], 0)
+        with pytest.raises(InvalidRequest):
+            await hub.poll(sub.subscription_id, 10, 0, from_seq=50)
+    finally:
+        await hub.aclose()
+
+
+async def test_a_rewind_past_the_last_batch_reads_history_and_counts_only_what_it_lost(hub: Hub) -> None:
+    sub = await hub.subscribe("r", 0)
+    await publish(hub, 4)
+    first = await hub.poll(sub.subscription_id, 2, 0, from_seq=1)
+    second = await hub.poll(sub.subscription_id, 2, 0, from_seq=first.next_seq)
+    assert [m.seq for m in second.messages] == [3, 4]
+    # A client that only ever got what came before the first batch: history (20) serves all of it again.
+    batch = await hub.poll(sub.subscription_id, 10, 0, from_seq=1)
+    assert ([m.seq for m in batch.messages], batch.missed, batch.next_seq) == ([1, 2, 3, 4], 0, 5)
+
+
+async def test_a_poll_without_a_position_is_at_most_once_per_batch(hub: Hub) -> None:
+    sub = await hub.subscribe("r", 0)
+    await publish(hub, 3)
+    assert [m.seq for m in (await hub.poll(sub.subscription_id, 10, 0)).messages] == [1, 2, 3]
+    assert (await hub.poll(sub.subscription_id, 10, 0)).messages == []
 
 
 async def test_resuming_past_the_end_of_a_forgotten_room_replays_it_from_the_start(hub: Hub) -> None:
@@ -158,7 +231,9 @@ async def test_a_seq_the_broker_never_delivered_is_counted_as_missed(hub: Hub) -
     hub._deliver(Message(sender="s", content="a", room="r", seq=1))
     hub._deliver(Message(sender="s", content="d", room="r", seq=4))  # 2 and 3 never arrive
     batch = await hub.poll(sub.subscription_id, 10, 0)
-    assert ([m.seq for m in batch.messages], batch.missed, batch.next_seq) == ([1, 4], 2, 5)
+    assert ([m.seq for m in batch.messages], batch.missed, batch.next_seq) == ([1], 0, 2)
+    batch = await hub.poll(sub.subscription_id, 10, 0)
+    assert ([m.seq for m in batch.messages], batch.missed, batch.next_seq) == ([4], 2, 5)
 
 
 async def test_a_replay_the_broker_cannot_serve_now_is_an_empty_batch_not_an_error(hub: Hub) -> None:
@@ -197,18 +272,19 @@ async def test_overflow_can_end_the_subscription_and_a_resubscribe_replays_from_
         await hub.aclose()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     queue_size=st.integers(1, 8),
     history=st.integers(0, 12),
     from_seq=st.integers(0, 15),
-    steps=st.lists(st.tuples(st.sampled_from(["publish", "poll"]), st.integers(1, 6)), max_size=25),
+    steps=st.lists(st.tuples(st.sampled_from(["publish", "poll", "lost"]), st.integers(1, 6)), max_size=30),
 )
-def test_every_message_is_delivered_once_in_order_or_counted_missed(
+def test_every_message_is_delivered_once_in_order_or_counted_missed_at_its_gap(
     queue_size: int, history: int, from_seq: int, steps: list[tuple[str, int]]
 ) -> None:
-    """Whatever the interleaving of publishes and polls, a subscriber gets seqs in increasing order, each
-    once, and delivered + missed covers every seq it was owed: loss is counted, never silent."""
+    """Whatever the interleaving of publishes, polls and replies lost on the way, a subscriber that says
+    where it is gets every seq once, in order, or counted in missed exactly at its gap: each batch's
+    first seq (or its next_seq when empty) is the client's position plus that batch's missed."""
 
     async def scenario() -> None:
         hub = Hub(MemoryBroker(history=history, dedup_window=1), HubLimits(queue_size=queue_size))
@@ -216,26 +292,33 @@ def test_every_message_is_delivered_once_in_order_or_counted_missed(
         try:
             await publish(hub, 5)
             sub = await hub.subscribe("r", from_seq)
-            first_owed = sub.next_seq
+            position = sub.next_seq
             delivered: list[int] = []
             missed = 0
 
-            async def drain(limit: int) -> None:
-                nonlocal missed
-                batch = await hub.poll(sub.subscription_id, limit, 0)
-                delivered.extend(m.seq for m in batch.messages)
+            async def poll(limit: int, lose: bool = False) -> None:
+                nonlocal position, missed
+                batch = await hub.poll(sub.subscription_id, limit, 0, from_seq=position)
+                if lose:
+                    return  # the reply never arrived: the client polls again from the same position
+                seqs = [m.seq for m in batch.messages]
+                assert (seqs[0] if seqs else batch.next_seq) == position + batch.missed
+                assert seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True
+                assert batch.next_seq == (seqs[-1] + 1 if seqs else position + batch.missed)
+                delivered.extend(seqs)
                 missed += batch.missed
+                position = batch.next_seq
 
             for action, n in steps:
                 if action == "publish":
                     await publish(hub, n)
                 else:
-                    await drain(n)
+                    await poll(n, lose=action == "lost")
             last = await hub.broker.next_seq("r") - 1
-            for _ in range(10):  # enough polls of 100 to drain whatever is left (bounded: no endless loop)
-                await drain(100)
+            for _ in range(20):  # enough polls of 100 to drain whatever is left (bounded: no endless loop)
+                await poll(100)
             assert delivered == sorted(set(delivered))
-            assert len(delivered) + missed == last - first_owed + 1
+            assert len(delivered) + missed == last - sub.next_seq + 1
         finally:
             await hub.aclose()
 

@@ -108,7 +108,7 @@ async def test_many_subscribers_on_one_room_each_get_everything(server: ChatServ
 
 
 async def test_queue_overflow_drops_oldest_and_reports_missed(make_server: ServerFactory) -> None:
-    server = await make_server(queue_size=5)
+    server = await make_server(queue_size=5, history=0)  # no history to read the dropped ones back from
     async with ChatClient(LOOPBACK, server.port) as client:
         sub = await client.create_subscription("slow", 0)
         for i in range(1, 13):
@@ -124,7 +124,7 @@ async def test_queue_overflow_drops_oldest_and_reports_missed(make_server: Serve
 
 
 async def test_stream_surfaces_missed_before_the_messages_after_the_gap(make_server: ServerFactory) -> None:
-    server = await make_server(queue_size=3)
+    server = await make_server(queue_size=3, history=0)
     async with ChatClient(LOOPBACK, server.port) as client, client.subscribe("slow") as stream:
         for i in range(1, 9):
             await client.publish(Message(sender="fast", content=str(i), room="slow"))
