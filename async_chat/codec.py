@@ -112,11 +112,10 @@ class Codec:
                 args = None
             else:
                 args = prot.read_struct(args_type())
-            if not whole:
-                source.probe()
-                prot.trans.read(1)  # from what cybin read ahead, if anything is left there; else the probe
-                if not source.probed:
-                    pipelined = True
+            source.probe()
+            prot.trans.read(1)  # from what cybin read ahead, if anything is left there; else the probe
+            if not source.probed:
+                pipelined = True
         except Exception:
             prot.trans = TCyBufferedTransport(source)  # a fresh one: this one may have grown to a claimed size
             return None
@@ -124,6 +123,8 @@ class Codec:
             source.load(b"")
             prot.trans.clean()  # nothing read ahead (the probe, a second call) stays for the next decode
         if pipelined:  # more than one call: the first is decoded; the walk says where it ends
+            if whole:
+                return None  # a frame holds one call: the streaming decoder reads it and says what is left
             end = call_length(data)
             if end is None:
                 return None
@@ -193,6 +194,11 @@ class Frame:
     def __init__(self, data: bytes) -> None:
         self._data = data
         self._pos = 0
+
+    @property
+    def left(self) -> int:
+        """Bytes of the frame not read."""
+        return len(self._data) - self._pos
 
     async def read(self, size: int) -> bytes:
         if size < 0:

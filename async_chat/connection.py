@@ -29,7 +29,7 @@ from . import wire
 from .codec import Call, Codec, Frame
 from .session import SESSION
 from .tasks import start_eagerly
-from .wire import CallTooLarge
+from .wire import CallTooLarge, TrailingBytes
 
 if TYPE_CHECKING:
     from .server import ChatServer
@@ -249,14 +249,20 @@ class Connection(asyncio.Protocol):
         decoded = codec.decode(frame, whole=True)
         if decoded is not None:
             return decoded[0]
-        reading = codec.read_call(Frame(frame))  # never waits: the frame is all here
+        source = Frame(frame)
+        reading = codec.read_call(source)  # never waits: the frame is all here
         try:
             reading.send(None)
         except StopIteration as done:
             call: Call = done.value
-            return call
-        reading.close()
-        raise RuntimeError("reading a whole frame waited")
+        else:
+            reading.close()
+            raise RuntimeError("reading a whole frame waited")
+        if source.left:
+            # A frame is one call (Thrift's framed transport): a second one in it would go unanswered and
+            # its caller wait forever. Say so and close, rather than guess where the next call starts.
+            raise TrailingBytes(f"a frame held {source.left} byte(s) after its call; a frame carries one call")
+        return call
 
     async def _stream_call(self, codec: Codec) -> bytes | None:
         call = await codec.read_call(self)

@@ -53,6 +53,10 @@ class TruncatedCall(Exception):
     """A frame that ended before the call in it did."""
 
 
+class TrailingBytes(Exception):
+    """A frame that went on after the call in it (a second call, or junk)."""
+
+
 _STRICT_BINARY = 0x80
 _COMPACT = 0x82
 _NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")

@@ -6,11 +6,18 @@ seq delivered once, in order, or counted in `missed` at its gap.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import struct
+
+import pytest
+
 from async_chat import ChatClient, Message, Missed
 from async_chat.contract import ChatService
 
-from .conftest import LOOPBACK, ServerFactory, raw_connection
+from .conftest import LOOPBACK, ServerFactory, raw_connection, read_to_close
 from .proxy import Proxy
+from .test_malformed import call, message, string
 from .test_messaging import take
 
 
@@ -66,3 +73,24 @@ async def test_a_classic_poll_without_a_position_is_at_most_once_per_batch(make_
             await client.publish(Message(sender="p", content=str(i), room="r"))
         assert [m.seq for m in (await client.poll(sub.subscription_id, 10, 0)).messages] == [1, 2, 3]
         assert (await client.poll(sub.subscription_id, 10, 0)).messages == []
+
+
+async def test_a_frame_holding_two_calls_is_closed_with_a_reason_not_half_answered(
+    make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Finding 5: two calls in one frame had the first answered and the second dropped, its caller waiting
+    forever. A frame is one call: the connection is closed, with a log line that says why."""
+    server = await make_server()
+    one = call(b"publish", message(string(1, b"s"), string(2, b"x")))
+    frame = struct.pack(">i", 2 * len(one)) + one + one
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    try:
+        writer.write(frame)
+        async with asyncio.timeout(10):
+            answer = await read_to_close(reader)
+    finally:
+        writer.close()
+    assert answer == b""
+    assert any("after its call" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    async with ChatClient(LOOPBACK, server.port, transport="framed") as client:  # one call a frame: served
+        assert await client.publish(Message(sender="s", content="x", room="r")) >= 1
