@@ -27,7 +27,7 @@ from thriftpy2.transport import TTransportException
 
 from . import wire
 from .codec import Call, Codec, Frame
-from .session import SESSION
+from .session import SESSION, Session
 from .tasks import start_eagerly
 from .wire import CallTooLarge, TrailingBytes
 
@@ -75,6 +75,8 @@ class Connection(asyncio.Protocol):
         self._writing_paused = False
         self._closing = False
         self.admitted = False
+        self.session: Session | None = None
+        """Set once admitted: who the connection is and what it subscribed to."""
         self.shutdown_cancel = False
         """Set when the server's drain timeout cancels the call in flight."""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -94,7 +96,8 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self.admitted = True
-        self._context.run(SESSION.set, self._server.new_session())
+        self.session = self._server.new_session()
+        self._context.run(SESSION.set, self.session)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer
@@ -189,8 +192,8 @@ class Connection(asyncio.Protocol):
                 buffer = self._buffer
                 if not buffer:
                     self.state = ConnectionState.IDLE
-                    if not self._server.serving:
-                        self.close()  # shutting down: an idle connection goes at once
+                    if not self._server.serving and self._server.may_close(self):
+                        self.close()  # shutting down: an idle connection goes once it is owed nothing
                     break
                 self.state = ConnectionState.READING
                 codec = self._codec
@@ -339,8 +342,10 @@ class Connection(asyncio.Protocol):
                 self._transport.write(len(reply).to_bytes(4, "big") + reply)
             else:
                 self._transport.write(reply)
-        if not self._server.serving:
-            self.close()  # shutting down: the call in flight was allowed to finish; no new one starts
+        if not self._server.serving and self._server.may_close(self):
+            # Shutting down: the call in flight was allowed to finish. A subscriber still owed messages
+            # may poll on until it has them all (publishes are refused by now, so that ends).
+            self.close()
 
     def _resume_reading(self) -> None:
         self._reading_paused = False

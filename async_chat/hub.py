@@ -232,6 +232,13 @@ class Hub:
         """Which of `ids` are subscriptions still held (not unsubscribed, expired or evicted)."""
         return {i for i in ids if i in self._subs}
 
+    def owes(self, ids: set[str]) -> bool:
+        """Whether any of the subscriptions `ids` has messages its client has not collected yet."""
+        subs = self._subs
+        return any(
+            (sub := subs.get(i)) is not None and (sub.queue or sub.cursor < sub.live_start) for i in ids
+        )
+
     def unsubscribe(self, sub_id: str) -> None:
         sub = self._subs.get(sub_id)
         if sub is not None:

@@ -187,19 +187,21 @@ class ChatServer(AsyncResource):
         if self.state is ServerState.NEW:
             self.state = ServerState.CLOSED
             return
+        assert self._listener is not None
+        assert self.hub is not None
+        # In this order, before anything awaits: refuse publishes (so no acknowledged message can arrive
+        # after the last poll that would have collected it), then wake long-polls with what they have.
         self.state = ServerState.DRAINING
+        self.hub.begin_shutdown()
         logger.info(
             "draining: %d connection(s) open", len(self._connections),
             extra={"event": "draining", "connections": len(self._connections)},
         )
-        assert self._listener is not None
-        assert self.hub is not None
         try:
             self._listener.close()
             await cancel_and_wait(self._sweeper)
-            self.hub.begin_shutdown()
             for conn in list(self._connections):
-                if conn.state is ConnectionState.IDLE:
+                if conn.state is ConnectionState.IDLE and self.may_close(conn):
                     conn.close()
             pending = {conn.closed for conn in self._connections}
             if pending:
@@ -233,6 +235,11 @@ class ChatServer(AsyncResource):
         self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
         self.connections_total += 1
         return True
+
+    def may_close(self, conn: Connection) -> bool:
+        """While draining: whether `conn` may close, i.e. none of its subscriptions still owes messages."""
+        hub, session = self.hub, conn.session
+        return hub is None or session is None or not hub.owes(session.subscriptions)
 
     def forget(self, conn: Connection) -> None:
         """A registered connection has closed."""

@@ -7,13 +7,16 @@ seq delivered once, in order, or counted in `missed` at its gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import struct
 
 import pytest
 
-from async_chat import ChatClient, Message, Missed
+from async_chat import ChatClient, ChatError, Message, Missed, Unavailable
 from async_chat.contract import ChatService
+from benchmarks.processes import UNLIMITED, start_server
 
 from .conftest import LOOPBACK, ServerFactory, raw_connection, read_to_close
 from .proxy import Proxy
@@ -94,3 +97,56 @@ async def test_a_frame_holding_two_calls_is_closed_with_a_reason_not_half_answer
     assert any("after its call" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     async with ChatClient(LOOPBACK, server.port, transport="framed") as client:  # one call a frame: served
         assert await client.publish(Message(sender="s", content="x", room="r")) >= 1
+
+
+@pytest.mark.one_loop
+async def test_sigterm_under_load_acknowledges_nothing_its_pollers_do_not_get() -> None:
+    """Finding 4: under load, SIGTERM had 1 to 11 publishes acknowledged after the signal that reached no
+    subscriber, although all were long-polling. Every acknowledged publish must reach every subscriber
+    that was polling throughout (the memory broker's messages die with the process: no one can be told)."""
+    server = await start_server(*UNLIMITED)
+    acked: list[int] = []
+    refused: list[ChatError] = []
+    got: list[list[int]] = [[] for _ in range(4)]
+    polling = [asyncio.Event() for _ in got]
+    publishing = asyncio.Event()
+
+    async def subscriber(index: int) -> None:
+        async with ChatClient(LOOPBACK, server.port, pool_size=1, retries=0) as client:
+            sub = await client.create_subscription("load", 0)
+            position = sub.next_seq
+            polling[index].set()
+            with contextlib.suppress(ChatError):  # the server has gone: this subscriber is done
+                for _ in range(100_000):
+                    batch = await client.poll(sub.subscription_id, 1000, 10_000, position)
+                    assert batch.missed == 0
+                    got[index].extend(m.seq for m in batch.messages)
+                    position = batch.next_seq
+
+    async def publisher(index: int) -> None:
+        async with ChatClient(LOOPBACK, server.port, pool_size=1) as client:
+            for i in range(100_000):
+                try:
+                    acked.append(await client.publish(Message(sender=f"p{index}", content=str(i), room="load")))
+                except ChatError as exc:
+                    refused.append(exc)
+                    return
+                if len(acked) >= 400:
+                    publishing.set()
+
+    try:
+        async with asyncio.timeout(60):
+            subscribers = [asyncio.create_task(subscriber(i)) for i in range(len(got))]
+            for event in polling:
+                await event.wait()
+            publishers = [asyncio.create_task(publisher(i)) for i in range(4)]
+            await publishing.wait()
+            server.proc.send_signal(signal.SIGTERM)
+            await asyncio.gather(*publishers, *subscribers)
+            assert await server.proc.wait() == 0
+    finally:
+        await server.kill()
+    assert len(refused) == 4
+    assert all(isinstance(e, Unavailable) for e in refused)
+    for seqs in got:
+        assert seqs == sorted(acked), f"{len(set(acked) - set(seqs))} acknowledged publishes never arrived"

@@ -34,7 +34,7 @@ async def test_a_flooding_connection_is_rate_limited_and_others_are_not(make_ser
     async with ChatClient(LOOPBACK, server.port, pool_size=1) as flood, ChatClient(LOOPBACK, server.port) as calm:
         for i in range(5):
             await flood.publish(Message(sender="f", content=str(i)))
-        with pytest.raises(RateLimited, match=r"faster than 1/s \(bursts of 5\); retry in 0\.\d+s"):
+        with pytest.raises(RateLimited, match=r"faster than 1/s \(bursts of 5\); retry in [01]\.\d+s"):
             await flood.publish(Message(sender="f", content="one too many"))
         with pytest.raises(RateLimited):  # the classic call too (a TApplicationException on the wire)
             await flood.sendMessage(Message(sender="f", content="one too many"))
