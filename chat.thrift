@@ -14,8 +14,10 @@
  * one is TBufferedTransport + TBinaryProtocol.
  *
  * Delivery model, for client authors in any language:
- *   - Every room has its own sequence: seq 1, 2, 3, ... assigned by the server, strictly increasing,
- *     without gaps. A message's (room, seq) is its identity.
+ *   - Every room has its own sequence, assigned by the server: strictly increasing, without gaps, and
+ *     never issued twice. A message's (room, seq) is its identity. The memory broker counts from 1; the
+ *     Redis broker from a large base, and after Redis may have lost data it jumps to a higher one
+ *     (Batch.renumbered says so): see the README.
  *   - Subscribers long-poll: subscribe() once, then call poll() in a loop, passing from_seq = the
  *     next_seq of the last Batch you received. Each Batch says where to resume (next_seq) and how many
  *     messages this subscriber will never get just before its first message (missed). Loss is never
@@ -39,7 +41,7 @@ struct Message {
     2: required string content,
     /** The room. Absent or empty means the room "general". */
     3: optional string room,
-    /** Server-assigned: position in the room, from 1, strictly increasing, no gaps. Ignored when sent. */
+    /** Server-assigned: position in the room, strictly increasing, no gaps (but a renumbering). Ignored when sent. */
     4: optional i64 seq,
     /** Server-assigned: Unix time in milliseconds when the server accepted the message. Ignored when sent. */
     5: optional i64 sent_at_ms,
@@ -97,6 +99,13 @@ struct Batch {
      * silent.
      */
     3: i64 missed,
+    /**
+     * True when the room's numbering jumped just before this batch's first message (or next_seq): its
+     * store (Redis) may have lost data and numbering went on from a new, higher base, so that no seq is
+     * ever issued twice. How many messages were lost before the jump is unknown; missed counts only those
+     * lost after it. Tell your user that messages may be missing.
+     */
+    4: optional bool renumbered,
 }
 
 /** One room as one server sees it (stats()): for operators. */

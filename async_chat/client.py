@@ -52,8 +52,9 @@ class Missed:
     """Yielded by `subscribe()` before the messages that follow a loss.
 
     `count` messages of the room were lost to this subscriber (it read too slowly, or history no longer
-    reached back). `reset` means the server no longer knew the room's position it resumed from (it
-    restarted without persistence): how many were lost then is unknown and `count` is 0.
+    reached back). `reset` means an unknown number may have been lost as well: the server no longer knew
+    the room's position it resumed from (it restarted without persistence), or the room's numbering jumped
+    after its Redis may have lost data; `count` then counts only what is known.
     """
 
     count: int
@@ -380,9 +381,9 @@ class MessageStream(AsyncResource):
         # when we poll the same subscription from a new one.
         args = (self.subscription_id, self._max_messages, self._wait_ms, self.next_seq)
         batch = await client.invoke(conn, "poll", args, client._poll_timeout(self._wait_ms))
-        if batch.missed:
+        if batch.missed or batch.renumbered:
             resume = batch.messages[0].seq if batch.messages else batch.next_seq
-            self._buffer.append(Missed(count=batch.missed, next_seq=resume))
+            self._buffer.append(Missed(count=batch.missed, next_seq=resume, reset=bool(batch.renumbered)))
         self._buffer.extend(batch.messages)
         self.next_seq = batch.next_seq
 

@@ -290,13 +290,15 @@ class Hub:
                 sub.last_active = self._clock()
             if from_seq:
                 sub.last, sub.last_start = messages, start
-            return self._batch(messages, start, sub.cursor)
+            return self._batch(sub, messages, start, sub.cursor)
 
-    def _batch(self, messages: list[Any], start: int, next_seq: int) -> Any:
-        missed = (messages[0].seq if messages else next_seq) - start
+    def _batch(self, sub: _Subscriber, messages: list[Any], start: int, next_seq: int) -> Any:
+        end = messages[0].seq if messages else next_seq
+        floor = self.broker.renumbered(sub.room, start, end) if end > start else None
+        missed = end - start if floor is None else end - floor - 1  # a jump is not a loss of that many
         self.delivered_total += len(messages)
         self.missed_total += missed
-        return Batch(messages=messages, next_seq=next_seq, missed=missed)
+        return Batch(messages=messages, next_seq=next_seq, missed=missed, renumbered=floor is not None)
 
     def _rewind(self, sub: _Subscriber, from_seq: int) -> Any:
         """Move the cursor back to where the client says it is; a Batch when the last one is served again."""
@@ -309,7 +311,7 @@ class Hub:
         if sub.last_start <= from_seq and (sub.last or sub.last_start == from_seq):
             # The last reply was lost: the same messages again (a re-sent batch also reports its gap).
             again = [m for m in sub.last if m.seq >= from_seq]
-            return self._batch(again, from_seq, cursor)
+            return self._batch(sub, again, from_seq, cursor)
         # Further back than the last batch: history serves it, and the queue still holds what follows.
         sub.live_start = max(sub.live_start, cursor)
         sub.cursor = from_seq

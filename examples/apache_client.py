@@ -56,12 +56,15 @@ def main() -> None:
     seq = writer.publish(message)
     print(f"published seq={seq}")
 
-    batch = reader.poll(sub.subscription_id, 100, WAIT_MS)
-    if batch.missed:
+    # from_seq says where this client is: after a lost reply, the same poll (from a new connection) gets the
+    # same batch again. Keep batch.next_seq and pass it to the next poll.
+    batch = reader.poll(sub.subscription_id, 100, WAIT_MS, sub.next_seq)
+    if batch.missed or batch.renumbered:
         print(f"lost {batch.missed} message(s)")  # never silent: show it to the user
     for message in batch.messages:
         print(f"received #{message.seq} {message.sender}: {message.content}")
-    # After a disconnect: reader.subscribe(args.room, batch.next_seq) replays from where this left off.
+    # If the subscription is gone (NO_SUCH_SUBSCRIPTION): reader.subscribe(args.room, batch.next_seq) replays
+    # from where this left off.
 
     try:
         writer.publish(ttypes.Message(sender="", content="who am I?", room=args.room))

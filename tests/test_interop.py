@@ -114,6 +114,7 @@ async def test_apache_python_client(
         "publish": 1,
         "publish again": 1,  # the same client_msg_id: stored once
         "poll": [[1, "alice", "one", room], [2, "bob", "two", room], 3, 0],
+        "poll again": [[1, "one"], [2, "two"], 3, 0],  # the same batch: a lost reply costs a re-send
         "history": [[1, "one"], [2, "two"]],
         "publish refused": ["chat.ttypes.ChatError", 1, SENDER_REQUIRED],  # the generated class, code INVALID
         "sendMessage refused": [UNKNOWN, f"INVALID: {SENDER_REQUIRED}"],

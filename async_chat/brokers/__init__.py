@@ -63,6 +63,12 @@ class Broker(abc.ABC):
     async def watch(self, room: str) -> None:  # noqa: B027 - optional: a broker that delivers everything ignores it
         """Deliver `room`'s messages from now on; returns once nothing published after it can be missed."""
 
+    def renumbered(self, room: str, start: int, end: int) -> int | None:
+        """If `room`'s numbering jumped between seqs `start` and `end` (a new epoch after the broker may
+        have lost data), the floor it jumped to: seqs up to it were never issued in the new epoch, and how
+        many were lost before it is unknown. None for an ordinary gap (or a broker that never jumps)."""
+        return None
+
     def unwatch(self, room: str) -> None:  # noqa: B027 - optional, as watch
         """This node has no subscriber left in `room`: its messages need not be delivered any more."""
 

@@ -12,11 +12,20 @@ Why it is built this way:
 - Each node reads the streams of the rooms it has subscribers in with one blocking XREAD on one
   connection: one Redis subscription per node, never one per client. Reading the stream (not pub/sub)
   delivers in seq order and resumes exactly where it stopped after a reconnect.
-- Redis may lose data (a restart without persistence, or an RDB snapshot older than the last writes).
-  Every node remembers the last seq it saw per room; after a loss it raises each room's counter to
-  at least that, so a seq is never issued twice and what was lost shows up as a gap, which subscribers
-  see as `missed`. The loss is detected by the epoch: whoever finds it missing or older than its own
-  starts a new one and holds publishes back for RESYNC_GRACE seconds so that every node re-seeds first.
+- Redis may lose data: a restart without persistence, from an RDB snapshot or an AOF older than its last
+  writes, FLUSHALL/FLUSHDB, a failover to a replica that lagged. Afterwards the only record of the seqs
+  it forgot is in nodes that may be stopped, frozen or not yet started, so no waiting can make reusing
+  the forgotten range safe. Instead the range is never reused: data is numbered in epochs, and every
+  epoch begins above any seq that can have been issued before it. The bound comes from Redis's clock:
+  the publish script never issues a seq above `cap(now) = (now_ms - BASE_MS) * 1000 + 999` (1,000 per
+  millisecond per room, far above what Redis can run), and an epoch begun at T numbers each room from
+  `floor = cap(T)` up. Every seq issued before T is at most cap(T), so none is issued twice, whichever
+  node was idle, frozen or started later. This assumes Redis's clock does not step back across a loss.
+  A new epoch begins whenever the epoch record is missing (flushed, or Redis came back empty) or Redis
+  restarted since it began (its run_id changed: it may have come back with less than it acknowledged);
+  the publish script checks both atomically, so no publish runs against data of unknown age. A room's
+  counter is also never taken below its stream's last entry (a counter lost on its own). The hub tells
+  subscribers of the jump (`renumbered`) rather than counting a range that was never used as missed.
 - Redis unreachable: publishes fail at once with UNAVAILABLE (bounded by `timeout` when Redis hangs),
   polls of existing subscriptions return empty batches, the outage is logged once, and the reader
   reconnects with backoff. redis-py's own retries are off: a retried publish script could store twice.
@@ -30,7 +39,6 @@ import logging
 import random
 import secrets
 import time
-from collections import OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -52,77 +60,70 @@ DELIVERY_BACKLOG = 10_000
 behind still reads every message; history() still returns only the last --history of them."""
 READ_BLOCK_MS = 1000
 """Longest blocking XREAD: the reader also notices a silent Redis within this (plus `timeout`)."""
-RESYNC_GRACE = 3.0
-"""Seconds publishes wait after a data loss is detected, for every node to re-seed the counters it
-knows; longer than the reader's longest reconnect backoff (RECONNECT_MAX)."""
 RECONNECT_MAX = 1.0
+BASE_MS = 1_767_225_600_000
+"""2026-01-01T00:00:00Z: where the clock-derived bound on seqs starts counting (module docstring)."""
+PER_MS = 1000
+"""Seqs a room may be issued per millisecond since BASE_MS, on average: the slope of the bound."""
+MAX_WAIT_RETRIES = 3
+KNOWN_FLOORS = 16
+"""Epoch floors a node remembers, to tell a renumbering from a loss."""
 
 _FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
 """What a Redis call raises when Redis is away. RuntimeError too: under uvloop, redis-py's write to a
 connection that Redis closed mid-handshake raises "unable to perform operation on <TCPTransport
 closed=True>" rather than a ConnectionError (seen with Redis killed during reconnects)."""
 
-_PUBLISH = """
-local e = redis.call('HMGET', KEYS[1], 'id', 'resume_at')
-if not e[1] or e[1] ~= ARGV[1] then return {'EPOCH'} end
+_NOW = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now < tonumber(e[2]) then return {'RESYNC', tonumber(e[2]) - now} end
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local cap = (now - {BASE_MS}) * {PER_MS} + {PER_MS - 1}
+"""
+"""Shared by both scripts: Redis's time in ms, which incarnation of Redis this is, and the highest seq
+that may be issued now."""
+
+_PUBLISH = _NOW + """
+local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'floor')
+if not e[1] or e[1] ~= ARGV[1] or e[2] ~= run then return {'EPOCH'} end
 if KEYS[4] ~= '' then
   local prev = redis.call('GET', KEYS[4])
   if prev then return {'DUP', tonumber(prev)} end
 end
+local low = tonumber(e[3])
+local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if top[1] then
+  local last = tonumber(string.match(top[1][1], '^(%d+)'))
+  if last > low then low = last end
+end
 local seq = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[2])
-if seq < floor then
-  seq = floor
-  redis.call('SET', KEYS[2], seq)
-end
-local fields = {'s', ARGV[3], 'c', ARGV[4], 't', now}
-if ARGV[5] ~= '' then
+if seq <= low then seq = low + 1 end
+if seq > cap then return {'WAIT', 1} end
+if seq ~= tonumber(redis.call('GET', KEYS[2])) then redis.call('SET', KEYS[2], seq) end
+local fields = {'s', ARGV[2], 'c', ARGV[3], 't', now, 'f', e[3]}
+if ARGV[4] ~= '' then
   table.insert(fields, 'k')
-  table.insert(fields, ARGV[5])
+  table.insert(fields, ARGV[4])
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], seq .. '-0', unpack(fields))
-if KEYS[4] ~= '' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[7]) end
+-- string.format, not seq .. '-0': Lua 5.1 writes a number of 15 digits or more as 1.2e+14
+redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], string.format('%d-0', seq), unpack(fields))
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[6]) end
 return {'OK', seq, now}
 """
-"""KEYS: epoch, seq, log, dedup key or ''. ARGV: epoch id, floor, sender, content, client_msg_id,
-maxlen, dedup ttl ms. Replies OK seq now | DUP seq | RESYNC ms_left | EPOCH (this node must resync)."""
+"""KEYS: epoch, seq, log, dedup key or ''. ARGV: epoch id, sender, content, client_msg_id, maxlen, dedup
+ttl ms. Replies OK seq now | DUP seq | WAIT ms (the bound: only in an epoch's first millisecond) | EPOCH
+(this node's epoch is not Redis's: it must resync)."""
 
-_EPOCH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local id = redis.call('HGET', KEYS[1], 'id')
-if not id or ARGV[3] == '1' then
-  id = ARGV[1]
-  redis.call('HSET', KEYS[1], 'id', id, 'resume_at', now)
-end
-if ARGV[2] ~= '' and ARGV[2] ~= id then
-  local resume = now + tonumber(ARGV[4])
-  if tonumber(redis.call('HGET', KEYS[1], 'resume_at')) < resume then
-    redis.call('HSET', KEYS[1], 'resume_at', resume)
-  end
-end
-return id
+_EPOCH = _NOW + """
+local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'floor')
+if e[1] and e[2] == run then return {e[1], tonumber(e[3]), 0} end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'run', run, 'floor', cap)
+if e[1] then return {ARGV[1], cap, 2} end
+return {ARGV[1], cap, 1}
 """
-"""KEYS: epoch. ARGV: a fresh id, the epoch this node knew ('' if none), '1' to force a new epoch,
-grace ms. Returns the current epoch id; a node that knew another one delays publishes by the grace."""
-
-_RESEED = """
-local raised = 0
-for i, key in ipairs(KEYS) do
-  local floor = tonumber(ARGV[i])
-  local cur = tonumber(redis.call('GET', key) or '0')
-  if cur < floor then
-    redis.call('SET', key, floor)
-    raised = raised + 1
-  end
-end
-return raised
-"""
-"""KEYS: seq counters. ARGV: the last seq this node saw of each. Raises each to at least that; returns
-how many had fallen behind (Redis lost writes)."""
+"""KEYS: epoch. ARGV: a fresh id. Returns the current epoch's id and floor, and 0 if it stood, 1 if there
+was none (a new Redis, or one emptied), 2 if Redis had restarted since it began. A new epoch's floor is
+the highest seq that could have been issued until now."""
 
 
 def _seq_key(room: str) -> str:
@@ -153,12 +154,13 @@ class RedisBroker(Broker):
         self._redis = self._connect()
         self._publish = self._redis.register_script(_PUBLISH)
         self._epoch_script = self._redis.register_script(_EPOCH)
-        self._reseed = self._redis.register_script(_RESEED)
         self._deliver: Deliver | None = None
         self._epoch: str | None = None
+        self._floor = 0
+        """The current epoch's floor: every seq of this epoch is above it."""
+        self._floors: list[int] = []
+        """Epoch floors this node has seen (the newest KNOWN_FLOORS), for `renumbered`."""
         self._resync_lock = asyncio.Lock()
-        self._known: OrderedDict[str, int] = OrderedDict()
-        """The last seq this node saw per room (bounded by max_rooms): the floor after a data loss."""
         self._watched: dict[str, int] = {}
         """Rooms the reader follows, each with the last seq delivered."""
         self._watch_changed = asyncio.Event()
@@ -175,7 +177,10 @@ class RedisBroker(Broker):
 
     def __repr__(self) -> str:
         state = "up" if self.up else f"DOWN ({self._outage})"
-        return f"<RedisBroker {self._shown_url} {state} watched={len(self._watched)} epoch={self._epoch}>"
+        return (
+            f"<RedisBroker {self._shown_url} {state} watched={len(self._watched)} epoch={self._epoch}"
+            f" floor={self._floor}>"
+        )
 
     def _connect(self, **options: Any) -> aioredis.Redis:
         return aioredis.Redis.from_url(
@@ -220,25 +225,23 @@ class RedisBroker(Broker):
             raise Unavailable(f"the broker is unreachable ({self._outage}); retry later")
         room = message.room
         dedup = _dedup_key(room, message.sender, message.client_msg_id) if message.client_msg_id else ""
-        for _attempt in range(2):
+        for _attempt in range(MAX_WAIT_RETRIES):
             args = [
-                self._epoch or "", self._known.get(room, 0) + 1, message.sender, message.content,
-                message.client_msg_id or "", self._maxlen, self._dedup_ttl_ms,
+                self._epoch or "", message.sender, message.content, message.client_msg_id or "",
+                self._maxlen, self._dedup_ttl_ms,
             ]
             reply = await self._call(self._queue_publish([EPOCH_KEY, _seq_key(room), _log_key(room), dedup, *args]))
             status = reply[0]
             if status == "OK":
                 message.seq, message.sent_at_ms = int(reply[1]), int(reply[2])
-                self._note(room, message.seq)
                 return message.seq, True
             if status == "DUP":
                 return int(reply[1]), False
-            if status == "RESYNC":
-                raise Unavailable(
-                    f"the broker lost data and every node is re-seeding its counters; retry in {int(reply[1])} ms"
-                )
+            if status == "WAIT":  # an epoch's first millisecond: no seq may be issued yet
+                await asyncio.sleep(int(reply[1]) / 1000)
+                continue
             await self._call(self._resync())  # EPOCH: Redis's data is not the incarnation this node knew
-        raise Unavailable("the broker's data changed during the publish; retry")
+        raise Unavailable("the broker's data changed during the publish; retry with the same client_msg_id")
 
     async def _queue_publish(self, keys_and_args: list[Any]) -> Any:
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -301,14 +304,6 @@ class RedisBroker(Broker):
             raise Unavailable(f"the broker is unreachable ({_describe(exc)}); the call may not have been stored,"
                               " retry with the same client_msg_id") from None
 
-    def _note(self, room: str, seq: int) -> None:
-        known = self._known
-        if seq > known.get(room, 0):
-            known[room] = seq
-        known.move_to_end(room)
-        if len(known) > self._max_rooms:
-            known.popitem(last=False)
-
     # -- reading ---------------------------------------------------------------------------------------
 
     async def history(self, room: str, from_seq: int, limit: int) -> list[Any]:
@@ -319,12 +314,16 @@ class RedisBroker(Broker):
             pipe.xrange(_log_key(room), min=f"{max(from_seq, 1)}-0", max="+", count=limit)
             last, entries = await self._call(pipe.execute())
         oldest_kept = int(last or 0) - self._history + 1
-        messages = [_message(room, entry_id, fields) for entry_id, fields in entries]
+        messages = [self._message(room, entry_id, fields) for entry_id, fields in entries]
         return [m for m in messages if m.seq >= oldest_kept]
 
     async def next_seq(self, room: str) -> int:
         last = int(await self._call(self._redis.get(_seq_key(room))) or 0)
-        return max(last, self._known.get(room, 0)) + 1
+        return max(last, self._floor) + 1  # a room not yet written in this epoch starts above its floor
+
+    def renumbered(self, room: str, start: int, end: int) -> int | None:
+        floors = [f for f in self._floors if start <= f < end]
+        return max(floors) if floors else None
 
     async def watch(self, room: str) -> None:
         if room in self._watched:
@@ -388,8 +387,7 @@ class RedisBroker(Broker):
 
     def _deliver_entry(self, room: str, entry_id: str, fields: dict[str, str]) -> None:
         last = self._watched.get(room)
-        message = _message(room, entry_id, fields)
-        self._note(room, message.seq)
+        message = self._message(room, entry_id, fields)
         if last is None or message.seq <= last:
             return  # unwatched meanwhile, or already delivered
         self._watched[room] = message.seq
@@ -399,31 +397,38 @@ class RedisBroker(Broker):
     # -- outages and data loss -------------------------------------------------------------------------
 
     async def _resync(self) -> None:
-        """Agree on the epoch; if Redis lost data since this node last looked, re-seed the counters."""
+        """Agree on the epoch with Redis: start a new one if its data may have been lost since."""
         async with self._resync_lock:
-            knew = self._epoch or ""
-            grace_ms = str(int(RESYNC_GRACE * 1000))
-            epoch = await self._epoch_script(keys=[EPOCH_KEY], args=[secrets.token_hex(8), knew, "0", grace_ms])
-            if knew and epoch != knew:
-                logger.warning(
-                    "the broker lost its data (epoch %s -> %s): re-seeding %d room counter(s); publishes resume"
-                    " in %gs and what was lost reaches subscribers as missed", knew, epoch, len(self._known),
-                    RESYNC_GRACE, extra={"event": "broker_data_lost", "epoch": epoch},
+            knew = self._epoch
+            epoch, floor, how = await self._epoch_script(keys=[EPOCH_KEY], args=[secrets.token_hex(8)])
+            self._epoch, self._floor = epoch, int(floor)
+            self._learn_floor(self._floor)
+            if knew is not None and epoch != knew:  # this node's epoch ended, whoever noticed first
+                cause = {1: "lost its data (flushed, or restarted empty)", 2: "restarted"}.get(
+                    how, "restarted or lost its data (another node began the new epoch)"
                 )
-            rooms = list(self._known)
-            raised = 0
-            if rooms:
-                raised = await self._reseed(keys=[_seq_key(r) for r in rooms], args=[self._known[r] for r in rooms])
-            if raised and epoch == knew:
-                # Same epoch, yet counters behind what this node saw: Redis came back from an older snapshot.
-                # Start a new epoch so every node re-seeds before anyone publishes again.
-                epoch = await self._epoch_script(keys=[EPOCH_KEY], args=[secrets.token_hex(8), knew, "1", grace_ms])
                 logger.warning(
-                    "the broker came back with %d room counter(s) behind (an older snapshot): new epoch %s,"
-                    " publishes resume in %gs", raised, epoch, RESYNC_GRACE,
-                    extra={"event": "broker_data_lost", "epoch": epoch},
+                    "the broker %s: new numbering epoch %s; every room's next seq is above %d, and subscribers"
+                    " are told of the jump (what was lost before it cannot be counted)", cause, epoch, self._floor,
+                    extra={"event": "broker_data_lost", "epoch": epoch, "floor": self._floor},
                 )
-            self._epoch = epoch
+
+    def _learn_floor(self, floor: int) -> None:
+        if floor and floor not in self._floors:
+            self._floors = sorted([*self._floors, floor])[-KNOWN_FLOORS:]
+
+    def _message(self, room: str, entry_id: str, fields: dict[str, str]) -> Any:
+        floor = fields.get("f")
+        if floor is not None:
+            self._learn_floor(int(floor))
+        return Message(
+            sender=fields["s"],
+            content=fields["c"],
+            room=room,
+            seq=int(entry_id.partition("-")[0]),
+            sent_at_ms=int(fields["t"]),
+            client_msg_id=fields.get("k"),
+        )
 
     def _mark_down(self, exc: BaseException) -> None:
         if self.up:
@@ -444,17 +449,6 @@ class RedisBroker(Broker):
                 "broker %s reachable again after %.1fs", self._shown_url, down_for,
                 extra={"event": "broker_up", "down_s": round(down_for, 3)},
             )
-
-
-def _message(room: str, entry_id: str, fields: dict[str, str]) -> Any:
-    return Message(
-        sender=fields["s"],
-        content=fields["c"],
-        room=room,
-        seq=int(entry_id.partition("-")[0]),
-        sent_at_ms=int(fields["t"]),
-        client_msg_id=fields.get("k"),
-    )
 
 
 def _describe(exc: BaseException) -> str:

@@ -56,10 +56,12 @@ async function main() {
     console.log(`published seq=${Number(seq)}`);
     await writer.client.sendMessage(new types.Message({ sender: 'node', content: 'the classic call', room: args.room }));
 
-    const batch = await reader.client.poll(sub.subscription_id, 100, WAIT_MS);
-    if (Number(batch.missed) > 0) console.log(`lost ${Number(batch.missed)} message(s)`); // never silent
+    // from_seq says where this client is: after a lost reply, the same poll (from a new connection) gets
+    // the same batch again. Keep batch.next_seq and pass it to the next poll.
+    const batch = await reader.client.poll(sub.subscription_id, 100, WAIT_MS, sub.next_seq);
+    if (Number(batch.missed) > 0 || batch.renumbered) console.log(`lost ${Number(batch.missed)} message(s)`); // never silent
     for (const m of batch.messages) console.log(`received #${Number(m.seq)} ${m.sender}: ${m.content}`);
-    // After a disconnect: subscribe(room, batch.next_seq) replays from where this left off.
+    // If the subscription is gone (NO_SUCH_SUBSCRIPTION): subscribe(room, batch.next_seq) replays from there.
 
     try {
       await writer.client.publish(new types.Message({ sender: '', content: 'who am I?', room: args.room }));
