@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 ARGS   ?=
 NODE_EXAMPLE := examples/node
 
-.PHONY: run test lint typecheck pytest bench fuzz system-deps clean
+.PHONY: run test lint typecheck pytest bench fuzz stress system-deps clean
 
 run: $(VENV)/.installed
 	$(BIN)/python -m async_chat.server $(ARGS)
@@ -33,6 +33,11 @@ bench: system-deps $(VENV)/.installed
 SECONDS ?= 600
 fuzz: $(VENV)/.installed
 	PYTHON=$(BIN)/python fuzz/run.sh $(SECONDS)
+
+# The self-checking stress run (tests/stress.py) for SECONDS per broker (memory, then Redis); prints its
+# counts and fails on any message lost silently or seq issued twice. `make test` runs it briefly.
+stress: system-deps $(VENV)/.installed
+	$(BIN)/python -m tests.stress --seconds $(SECONDS)
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "async_chat needs Python >= 3.11; set PYTHON=python3.11 or newer")'

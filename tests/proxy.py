@@ -11,8 +11,8 @@ from collections.abc import Callable
 from .conftest import LOOPBACK
 
 Cut = Callable[[bytes], int | None]
-"""Given a chunk on its way to the client: None to pass it whole, else how many of its bytes to pass
-before both sides of the connection are aborted."""
+"""Given a chunk on its way (a request or a reply): None to pass it whole, else how many of its bytes to
+pass before both sides of the connection are aborted."""
 
 
 class Proxy:
@@ -55,7 +55,7 @@ class Proxy:
         self.cut = cut
 
     def cut_at_random(self, rng: random.Random, probability: float) -> None:
-        """Cut each chunk on its way to a client with `probability`, at a random byte of it."""
+        """Cut each chunk, either way, with `probability`, at a random byte of it."""
         self.cut = lambda chunk: rng.randrange(len(chunk)) if rng.random() < probability else None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -70,8 +70,8 @@ class Proxy:
             return
         self._writers |= {writer, up_writer}
         try:
-            upstream = asyncio.ensure_future(self._pipe(reader, up_writer, None))
-            downstream = asyncio.ensure_future(self._pipe(up_reader, writer, self))
+            upstream = asyncio.ensure_future(self._pipe(reader, up_writer))
+            downstream = asyncio.ensure_future(self._pipe(up_reader, writer))
             try:
                 await asyncio.wait({upstream, downstream}, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -84,14 +84,12 @@ class Proxy:
                 self._writers.discard(w)
             self._tasks.discard(task)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, cutter: Proxy | None) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
             while chunk := await reader.read(65536):
-                keep = cutter.cut(chunk) if cutter is not None and cutter.cut is not None else None
+                keep = self.cut(chunk) if self.cut is not None else None
                 if keep is not None:
-                    assert cutter is not None
-                    cutter.cuts += 1
+                    self.cuts += 1
                     writer.write(chunk[:keep])
                     with contextlib.suppress(ConnectionError):
                         await writer.drain()
