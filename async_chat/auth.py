@@ -63,6 +63,8 @@ def verify(secret: bytes, token: str, *, now: float | None = None) -> str:
     """The identity `token` proves, or Unauthorized saying why not."""
     if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise Unauthorized("a token is required (at most 4096 characters)")
+    if not token.isascii():  # never a token we minted; and hmac.compare_digest raises on non-ASCII text
+        raise Unauthorized(f"malformed token: expected {VERSION}.<identity>.<expiry>.<signature>, in ASCII")
     parts = token.split(".")
     if len(parts) != 4 or parts[0] != VERSION:
         raise Unauthorized(f"malformed token: expected {VERSION}.<identity>.<expiry>.<signature>")

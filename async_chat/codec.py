@@ -48,7 +48,10 @@ _CONTAINER_TYPES = b"\x0d\x0e\x0f"
 
 
 class Source(Protocol):
-    """Where the streaming decoder reads: exactly `size` bytes, waiting for them if they have not arrived."""
+    """Where the streaming decoder reads: exactly `size` bytes, waiting for them if they have not arrived;
+    `skips` bounds what the call may make it skip (wire.py)."""
+
+    skips: wire.SkipBudget
 
     async def read(self, size: int) -> bytes: ...
 
@@ -189,11 +192,12 @@ class Codec:
 class Frame:
     """A whole frame as a `Source`: reading past its end is an error, never a wait."""
 
-    __slots__ = ("_data", "_pos")
+    __slots__ = ("_data", "_pos", "skips")
 
     def __init__(self, data: bytes) -> None:
         self._data = data
         self._pos = 0
+        self.skips = wire.SkipBudget()
 
     @property
     def left(self) -> int:

@@ -9,8 +9,8 @@ the order they came, as every Thrift client expects.
 
 Bounded at every step: a call may take at most --max-call-bytes (its claimed lengths are checked before
 anything is read); while a call is answered, at most HIGH_WATER further bytes are held before reading
-pauses; while the peer does not read its replies (the transport asks us to pause writing), no further
-call is answered.
+pauses (beyond a frame still arriving, which is read whole); while the peer does not read its replies
+(the transport asks us to pause writing), no further call is answered.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import enum
 import logging
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -39,11 +40,16 @@ logger = logging.getLogger("async_chat.server")
 HIGH_WATER = 256 * 1024
 """Unread bytes held while a call is being answered; past this, the connection stops reading."""
 
+WRITE_HIGH_WATER = 64 * 1024
+"""Unsent bytes past which the transport asks us to pause writing (set so on every transport: uvloop's and
+asyncio's defaults differ); no further call is answered until the peer has read below a quarter of it."""
+
 BUFFERED_CHUNK = 4096
 """A buffered call asking for more than this in one read names a length (a string's), not a read-ahead."""
 
 
 class ConnectionState(enum.Enum):
+    HANDSHAKE = "handshake"  # TLS being set up: aborted at the idle timeout like any connection that waits
     IDLE = "idle"  # waiting for the first byte of the next call: closed at once on shutdown
     READING = "reading"  # a call is arriving
     BUSY = "busy"  # a call is being answered: allowed to finish on shutdown
@@ -64,21 +70,28 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._context = contextvars.copy_context()
+        self._handshake: asyncio.Task[None] | None = None
+        """TLS being set up (the server's --tls-cert), until it is."""
         self._task: asyncio.Task[bytes | None] | None = None
         """The call in flight, while it waits; None when nothing waits."""
         self._waiter: asyncio.Future[None] | None = None
         """Set while the streaming decoder waits for bytes."""
         self._budget = 0
         """Bytes the call being streamed may still take."""
+        self.skips = wire.SkipBudget()
+        """Values of unknown fields the call being streamed may still make the decoder skip."""
         self._call_limit = server.settings.max_call_bytes
+        self._unsent_limit = server.settings.max_reply_bytes + WRITE_HIGH_WATER
+        """No reply is larger than --max-reply-bytes and none is written while writing is paused, so only a
+        peer that stopped reading can leave more than this unsent."""
+        self._frame_size = 0
+        """The length of a frame still arriving at the head of the buffer: held whole, HIGH_WATER aside."""
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
         self.admitted = False
         self.session: Session | None = None
         """Set once admitted: who the connection is and what it subscribed to."""
-        self.shutdown_cancel = False
-        """Set when the server's drain timeout cancels the call in flight."""
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def __repr__(self) -> str:
@@ -89,6 +102,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         peername = transport.get_extra_info("peername")
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.peer = _format_peer(peername)
         self.address = str(peername[0]) if isinstance(peername, tuple) and peername else self.peer
         if not self._server.admit(self):
@@ -98,8 +112,45 @@ class Connection(asyncio.Protocol):
         self.admitted = True
         self.session = self._server.new_session()
         self._context.run(SESSION.set, self.session)
+        tls = self._server.tls
+        if tls is not None:
+            self.state = ConnectionState.HANDSHAKE
+            # Started now, not on the loop's next turn: by then the client's first TLS bytes would have been
+            # handed to us. Its first step gives the transport to TLS.
+            # In a context of its own: the calls it goes on to answer enter the connection's.
+            _done, task = start_eagerly(self._start_tls(transport, tls), contextvars.copy_context())
+            if task is not None:
+                self._handshake = task
+                self._server.track(task)
+
+    async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        """Upgrade to TLS; a handshake that fails (or is aborted) ends the connection like any other."""
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                raw, self, tls, server_side=True, ssl_handshake_timeout=self._server.settings.idle_timeout
+            )
+        except (OSError, ConnectionError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            logger.debug("closing %r: TLS handshake failed (%s)", self, exc)
+            raw.abort()
+            self.connection_lost(exc)
+            return
+        if secured is None or self._closing:
+            raw.abort()
+            self.connection_lost(None)
+            return
+        self._transport = secured
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.state = ConnectionState.IDLE
+        self.idle_since = time.monotonic()
+        if self._buffer:
+            self._advance()
 
     def data_received(self, data: bytes) -> None:
+        if self.state is ConnectionState.HANDSHAKE:
+            # asyncio hands us the first call through TLS before start_tls has returned the transport to
+            # answer it on: keep it until then.
+            self._buffer += data
+            return
         buffer = self._buffer
         if not buffer and self._task is None and self._waiter is None and self._codec is not None \
                 and not self._writing_paused and not self._closing and self._answer_whole(data):
@@ -112,7 +163,8 @@ class Connection(asyncio.Protocol):
                 waiter.set_result(None)
         elif self._task is None and not self._writing_paused:
             self._advance()
-        if len(buffer) > HIGH_WATER and self._waiter is None and not self._reading_paused and not self._closing:
+        if len(buffer) > HIGH_WATER + self._frame_size and self._waiter is None and not self._reading_paused \
+                and not self._closing:
             self._reading_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
@@ -151,7 +203,12 @@ class Connection(asyncio.Protocol):
             self._advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed.done():
+            return  # a failed handshake may report it twice: once from TLS, once from us
         self._closing = True
+        handshake = self._handshake
+        if handshake is not None and not handshake.done() and handshake is not asyncio.current_task():
+            handshake.cancel()
         if self._task is not None:
             self._task.cancel()  # nobody is left to read its answer; the server awaits it
         if self._waiter is not None and not self._waiter.done():
@@ -168,6 +225,11 @@ class Connection(asyncio.Protocol):
     def task(self) -> asyncio.Task[bytes | None] | None:
         return self._task
 
+    @property
+    def unsent(self) -> int:
+        """Reply bytes written and not yet taken by the peer."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
     def close(self) -> None:
         """Close after the replies already written are sent."""
         self._closing = True
@@ -175,8 +237,8 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
     def abort(self) -> None:
-        """Stop now: cancel the call in flight (the drain timeout passed) and drop the connection."""
-        self.shutdown_cancel = True
+        """Stop now: cancel the call in flight (the drain timeout passed) and drop the connection, with
+        whatever it has not sent."""
         self._closing = True
         if self._task is not None:
             self._task.cancel()
@@ -213,6 +275,7 @@ class Connection(asyncio.Protocol):
                     decoded = codec.decode(buffer)
                     if decoded is None:  # not whole yet, or not for the fast decoder: read it as it comes
                         self._budget = self._server.settings.max_call_bytes
+                        self.skips = wire.SkipBudget()
                         if not self._start(self._stream_call(codec)):
                             break
                         continue
@@ -224,8 +287,10 @@ class Connection(asyncio.Protocol):
         except Exception as exc:
             self._fail(exc)
             return
-        if self._reading_paused and len(self._buffer) < HIGH_WATER // 2 and not self._closing:
-            self._resume_reading()
+        if self._reading_paused and not self._closing and (
+            len(self._buffer) < HIGH_WATER // 2 or len(self._buffer) < self._frame_size
+        ):
+            self._resume_reading()  # drained, or the next frame is still arriving: it must be read whole
 
     def _choose(self, head: bytes) -> Codec | None:
         self.dialect = dialect = self._server.dialect_of(head, self)
@@ -246,7 +311,9 @@ class Connection(asyncio.Protocol):
         if size > limit:
             raise CallTooLarge(f"a call claimed {size} bytes more; the limit is {limit}")
         if len(buffer) < 4 + size:
+            self._frame_size = 4 + size  # within the limit: read on until it is all here
             return None
+        self._frame_size = 0
         frame = bytes(buffer[4 : 4 + size])
         del buffer[: 4 + size]
         decoded = codec.decode(frame, whole=True)
@@ -337,11 +404,22 @@ class Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.state = ConnectionState.IDLE
         if reply is not None and not self._closing:
-            assert self._transport is not None
+            transport = self._transport
+            assert transport is not None
             if self._framed:
-                self._transport.write(len(reply).to_bytes(4, "big") + reply)
+                transport.write(len(reply).to_bytes(4, "big") + reply)
             else:
-                self._transport.write(reply)
+                transport.write(reply)
+            if transport.get_write_buffer_size() > self._unsent_limit:
+                # Only a peer that stopped reading gets here (see _unsent_limit). Drop it now; a graceful
+                # close would wait for it forever.
+                logger.info(
+                    "aborting %r: its peer left %d reply bytes unread (--max-reply-bytes plus 64 KiB at most)",
+                    self, transport.get_write_buffer_size(),
+                    extra={"event": "connection_stalled", "peer": self.peer},
+                )
+                self.abort()
+                return
         if not self._server.serving and self._server.may_close(self):
             # Shutting down: the call in flight was allowed to finish. A subscriber still owed messages
             # may poll on until it has them all (publishes are refused by now, so that ends).

@@ -53,6 +53,8 @@ class HubLimits:
     queue_size: int = 1000
     subscription_ttl: float = 60.0
     max_subscriptions: int = 100_000
+    max_reply_bytes: int = 1024 * 1024
+    """A poll's batch stops before its messages would take more than this (it always carries one)."""
     overflow: str = "drop-oldest"
     """A full queue's next message: "drop-oldest" drops the queue's oldest (counted in missed);
     "drop-subscription" ends the subscription (its next poll gets NO_SUCH_SUBSCRIPTION, and subscribing
@@ -60,6 +62,16 @@ class HubLimits:
 
 
 OVERFLOW_POLICIES = ("drop-oldest", "drop-subscription")
+
+
+def message_size(message: Any) -> int:
+    """What a message takes in a reply, at most: its strings in UTF-8 (4 bytes a character unless ASCII)
+    and its fields' framing."""
+    size = 48  # field headers, seq, sent_at_ms, lengths
+    for text in (message.content, message.sender, message.room, message.client_msg_id):
+        if text:
+            size += len(text) if text.isascii() else 4 * len(text)
+    return size
 
 
 class _Subscriber:
@@ -322,6 +334,7 @@ class Hub:
         """Up to `max_messages` from the cursor on, in seq order. A gap is skipped (and so counted, by
         `_batch`) only before the first message: a batch stops at a gap, and the next one starts with it."""
         out: list[Any] = []
+        room_left = self.limits.max_reply_bytes
         if sub.cursor < sub.live_start:
             want = min(max_messages, sub.live_start - sub.cursor)
             try:
@@ -335,6 +348,9 @@ class Hub:
                 for message in page:
                     if message.seq != sub.cursor or message.seq >= sub.live_start:
                         break  # a gap after the first message, or past the replay: the next batch goes on
+                    room_left -= message_size(message)
+                    if room_left < 0 and out:
+                        return out  # the reply is full: the next batch goes on from here
                     out.append(message)
                     sub.cursor = message.seq + 1
             if sub.cursor < sub.live_start:
@@ -347,6 +363,9 @@ class Hub:
                 continue
             if seq > sub.cursor and out:
                 break  # a seq the broker never delivered: a gap, reported by the next batch
+            room_left -= message_size(queue[0])
+            if room_left < 0 and out:
+                break  # the reply is full
             out.append(queue.popleft())
             sub.cursor = seq + 1
         return out
@@ -355,7 +374,13 @@ class Hub:
 
     async def history(self, room: str, from_seq: int, limit: int) -> list[Any]:
         self._check_running()
-        return await self.broker.history(room, max(from_seq, 1), limit)
+        messages = await self.broker.history(room, max(from_seq, 1), limit)
+        room_left = self.limits.max_reply_bytes
+        for count, message in enumerate(messages):
+            room_left -= message_size(message)
+            if room_left < 0 and count:
+                return messages[:count]  # the reply is full: the caller asks again from the next seq
+        return messages
 
     # -- what operators see ----------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import enum
 import logging
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Sequence
@@ -93,6 +94,8 @@ class ChatServer(AsyncResource):
         self._limits_hit: set[str] = set()
         """Connection limits reached and not yet left ("" for the total, else an address): logged once."""
         self.monitor: Monitor | None = None
+        self.tls: ssl.SSLContext | None = None
+        """The context each connection's TLS handshake uses; None: plain TCP."""
 
     def __repr__(self) -> str:
         return (
@@ -135,7 +138,8 @@ class ChatServer(AsyncResource):
         try:
             self.port = sock.getsockname()[1]
             broker = open_broker(s)
-            hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions, s.overflow))
+            hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions, s.max_reply_bytes,
+                                        s.overflow))
             await hub.start()
             self.hub = hub
             self.eager = broker.eager
@@ -147,7 +151,10 @@ class ChatServer(AsyncResource):
             self._processor = ChatProcessor(ChatService, handler, metrics)
             self.state = ServerState.SERVING  # before accepting: the first connection may arrive at once
             loop = asyncio.get_running_loop()
-            self._listener = await loop.create_server(lambda: Connection(self), sock=sock, ssl=tls)
+            # TLS is not the listener's: each connection upgrades itself (connection.py), so that it is counted
+            # against the limits and watched by the idle sweeper from accept, its handshake included.
+            self.tls = tls
+            self._listener = await loop.create_server(lambda: Connection(self), sock=sock)
             interval = housekeeping_interval(s.idle_timeout, cap=1.0)
             sweep = every(interval, self._close_idle)
             self._sweeper = asyncio.create_task(sweep, name="async_chat.server.idle-sweeper")
@@ -315,13 +322,28 @@ class ChatServer(AsyncResource):
         return dialect
 
     def _close_idle(self) -> None:
-        """Close connections that have waited `idle_timeout` for their next call to arrive."""
+        """End connections that have waited `idle_timeout` for their next call to arrive (a call still
+        arriving counts as waiting), or whose peer has left replies unread that long: those are aborted,
+        since a graceful close would wait for the peer to read them, forever."""
         timeout = self.settings.idle_timeout
         deadline = time.monotonic() - timeout
         for conn in list(self._connections):
             if conn.state is not ConnectionState.BUSY and conn.idle_since < deadline:
-                logger.debug("closing %r: idle for %gs", conn, timeout)
-                conn.close()
+                if conn.state is ConnectionState.HANDSHAKE:
+                    logger.info(
+                        "aborting %r: its TLS handshake did not finish in %gs", conn, timeout,
+                        extra={"event": "connection_stalled", "peer": conn.peer},
+                    )
+                    conn.abort()
+                elif conn.unsent:
+                    logger.info(
+                        "aborting %r: its peer left %d reply bytes unread for %gs", conn, conn.unsent, timeout,
+                        extra={"event": "connection_stalled", "peer": conn.peer, "unsent": conn.unsent},
+                    )
+                    conn.abort()
+                else:
+                    logger.debug("closing %r: idle for %gs", conn, timeout)
+                    conn.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -41,6 +41,7 @@ class Settings:
     idle_timeout: float = 120.0
     max_poll_wait_ms: int = 30_000
     max_poll_messages: int = 1000
+    max_reply_bytes: int = 1024 * 1024
     max_content_bytes: int = 64 * 1024
     max_call_bytes: int = 1024 * 1024
     max_name_length: int = 256
@@ -85,7 +86,7 @@ class Settings:
             problems.append(f"log format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
-        for name in ("queue_size", "max_poll_messages", "max_content_bytes", "max_name_length",
+        for name in ("queue_size", "max_poll_messages", "max_reply_bytes", "max_content_bytes", "max_name_length",
                      "max_subscriptions", "max_rooms", "dedup_window", "max_connections",
                      "max_connections_per_address", "max_subscriptions_per_connection"):
             if getattr(self, name) < 1:
@@ -94,6 +95,11 @@ class Settings:
             problems.append("publish-rate must be 0 (unlimited) or more")
         if self.publish_burst < 1:
             problems.append("publish-burst must be at least 1")
+        if self.max_reply_bytes < self.max_call_bytes:
+            problems.append(
+                f"max-reply-bytes ({self.max_reply_bytes}) must be at least max-call-bytes ({self.max_call_bytes}):"
+                " every message must fit in a reply"
+            )
         if self.max_call_bytes <= self.max_content_bytes:
             problems.append(
                 f"max-call-bytes ({self.max_call_bytes}) must exceed max-content-bytes ({self.max_content_bytes})"
@@ -168,6 +174,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("idle_timeout", "seconds a connection may sit between calls before it is closed"),
     Option("max_poll_wait_ms", "longest wait_ms a poll may ask for; longer asks are capped"),
     Option("max_poll_messages", "most messages one poll returns; larger asks are capped"),
+    Option(
+        "max_reply_bytes",
+        "a poll or history reply stops before its messages take more than this; at least --max-call-bytes."
+        " A connection whose peer leaves more than this (plus 64 KiB) unread is aborted",
+    ),
     Option("max_content_bytes", "largest message content, in UTF-8 bytes (TOO_LARGE beyond)"),
     Option(
         "max_call_bytes",

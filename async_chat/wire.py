@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import thriftpy2.contrib.aio.protocol.binary as aio_binary
+import thriftpy2.contrib.aio.protocol.compact as aio_compact
 from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
 from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocol
 from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
@@ -73,6 +74,38 @@ _SKIPPABLE = frozenset({
 })
 """The types whose every value takes at least one byte on the wire."""
 
+MAX_SKIPPED_VALUES = 10_000
+"""Values of fields the contract does not have (or of the wrong type) that one call may carry, the
+elements of their lists, sets and maps included. thriftpy2 skips them one await at a time, about a
+microsecond each: a 1 MiB list of bools held the loop for a second. A newer client's extra field of a
+few hundred values still passes; a container claiming more than this is refused at its header, before
+anything of it is read (a buffered call claiming 2**31 values no longer waits for bytes that never come)."""
+
+MAX_VARINT_BYTES = 10
+"""The longest varint that holds 64 bits. thriftpy2's compact reader reads until a byte without the
+continuation bit, however many come, and its big-integer arithmetic makes that quadratic: a 200 KB
+varint froze the server for seconds."""
+
+
+class SkipBudget:
+    """What one call may still skip: each source a call is read from carries one (`skips`)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_SKIPPED_VALUES
+
+    def claim(self, values: int) -> None:
+        """A container's header claims `values`: refused now if they cannot all be skipped."""
+        if values > self.left:
+            raise CallTooLarge(
+                f"a call carries more than {MAX_SKIPPED_VALUES} values in fields this server does not know"
+            )
+
+    def spend(self) -> None:
+        self.claim(1)
+        self.left -= 1
+
 
 def _refuse_unskippable(ttype: int) -> None:
     """thriftpy2 skips a value of type STOP, VOID or an unknown type by reading nothing. A list that claims
@@ -83,26 +116,103 @@ def _refuse_unskippable(ttype: int) -> None:
         raise TProtocolException(TProtocolException.INVALID_DATA, f"no value of type {ttype} can be skipped")
 
 
-_thriftpy2_binary_skip: Any = aio_binary.skip
+def _budget_of(source: Any) -> SkipBudget | None:
+    """The skip budget of what a call is read from; None for a client's own transports (it trusts its
+    server, and the budget is the server's defence)."""
+    budget = getattr(source, "skips", None)
+    return budget if isinstance(budget, SkipBudget) else None
+
+
 _MAX_DEPTH: int = getattr(aio_binary, "DEFAULT_MAX_DEPTH", 64)
 
 
-async def _safe_binary_skip(inbuf: Any, ftype: int, budget: int = _MAX_DEPTH) -> None:
+def _check_depth(depth: int) -> None:
+    if depth <= 0:
+        raise TProtocolException(TProtocolException.INVALID_DATA, "nesting too deep while skipping a value")
+
+
+async def _safe_binary_skip(inbuf: Any, ftype: int, depth: int = _MAX_DEPTH) -> None:
+    """thriftpy2's binary skip, with the refusal above, and every value counted against the call's budget
+    (a container's whole claim at its header)."""
     _refuse_unskippable(ftype)
-    await _thriftpy2_binary_skip(inbuf, ftype, budget)
+    budget = _budget_of(inbuf)
+    if budget is not None:
+        budget.spend()
+    if ftype in (TType.SET, TType.LIST):
+        _check_depth(depth)
+        v_type, size = await aio_binary.read_list_begin(inbuf)
+        if budget is not None:
+            budget.claim(size)
+        _refuse_unskippable(v_type)
+        for _ in range(size):
+            await _safe_binary_skip(inbuf, v_type, depth - 1)
+    elif ftype == TType.MAP:
+        _check_depth(depth)
+        k_type, v_type, size = await aio_binary.read_map_begin(inbuf)
+        if budget is not None:
+            budget.claim(2 * size)
+        _refuse_unskippable(k_type)
+        _refuse_unskippable(v_type)
+        for _ in range(size):
+            await _safe_binary_skip(inbuf, k_type, depth - 1)
+            await _safe_binary_skip(inbuf, v_type, depth - 1)
+    elif ftype == TType.STRUCT:
+        _check_depth(depth)
+        while True:
+            f_type, _fid = await aio_binary.read_field_begin(inbuf)
+            if f_type == TType.STOP:
+                break
+            await _safe_binary_skip(inbuf, f_type, depth - 1)
+    else:
+        await _thriftpy2_binary_skip(inbuf, ftype, depth)
 
 
+_thriftpy2_binary_skip: Any = aio_binary.skip
 # thriftpy2's binary decoder calls its module-level `skip` (for unknown fields and methods, and for its
 # own recursion): replace it there, for every binary protocol in the process, ours and the client's.
 aio_binary.skip = _safe_binary_skip
 
 
+async def _read_varint(trans: Any) -> int:
+    """thriftpy2's compact varint, at most MAX_VARINT_BYTES long."""
+    result = shift = 0
+    for _ in range(MAX_VARINT_BYTES):
+        byte: int = (await trans.read(1))[0]
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result
+        shift += 7
+    raise TProtocolException(TProtocolException.INVALID_DATA, f"a varint longer than {MAX_VARINT_BYTES} bytes")
+
+
+# The compact decoder calls its module-level `read_varint` everywhere: bound it there.
+aio_compact.read_varint = _read_varint
+
+
 class SafeCompactProtocol(TAsyncCompactProtocol):
-    """Compact, with the same refusal; its skip is a method that recurses through `self.skip`."""
+    """Compact, with the same refusal and budget; its skip is a method that recurses through `self.skip`."""
 
     async def skip(self, ttype: int) -> None:  # type: ignore[override]  # the aio base is async
         _refuse_unskippable(ttype)
+        budget = _budget_of(self.trans)
+        if budget is not None:
+            budget.spend()
         await super().skip(ttype)  # type: ignore[no-untyped-call]
+
+    async def _read_collection_begin(self) -> tuple[int, int]:
+        ttype, size = await super()._read_collection_begin()  # type: ignore[no-untyped-call]
+        self._claim(size)
+        return ttype, size
+
+    async def _read_map_begin(self) -> tuple[int, int, int]:
+        ktype, vtype, size = await super()._read_map_begin()  # type: ignore[no-untyped-call]
+        self._claim(2 * size)
+        return ktype, vtype, size
+
+    def _claim(self, values: int) -> None:
+        budget = _budget_of(self.trans)
+        if budget is not None:
+            budget.claim(values)
 
 
 class _NonStrictBinaryProtocol(TAsyncBinaryProtocol):

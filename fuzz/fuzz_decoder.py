@@ -4,7 +4,8 @@ It feeds the bytes to the server's own `Connection` (connection.py), as the even
 detection (`wire.detect`), frames, the call-size budget, the fast Cython decode and the streaming decode
 (codec.py), for every call in the input. Calls are decoded, not run: the server it is given answers none.
 A connection the server would close with one log line is an expected outcome; an exception escaping,
-a hang (-timeout) or memory past -rss_limit_mb is a finding.
+a hang (-timeout), memory past -rss_limit_mb, or an input that holds the loop longer than its budget
+(TIME_BUDGET: a fixed part, plus a part per MiB) is a finding.
 
     python fuzz/fuzz_decoder.py -max_total_time=600 -rss_limit_mb=512 -max_len=65536 fuzz/corpus
 or `make fuzz SECONDS=600`. Not run by CI.
@@ -13,8 +14,10 @@ or `make fuzz SECONDS=600`. Not run by CI.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,10 @@ with atheris.instrument_imports():
     from async_chat.settings import Settings
 
 LOOP = asyncio.new_event_loop()
+TIME_BUDGET = (0.25, 4.0)
+"""Seconds an input may take: this much, plus this much per MiB. Generous (the target runs instrumented,
+about ten times slower, on a noisy machine), yet far below the seconds an unbounded varint or a
+million-element skip took."""
 
 
 class _Server:
@@ -36,6 +43,7 @@ class _Server:
 
     settings = Settings(max_call_bytes=65536, max_content_bytes=1024)
     serving = True
+    tls = None
     eager = True
     oversized_total = unreadable_total = refused_total = decoded = 0
 
@@ -82,6 +90,12 @@ class _Transport:
     def write(self, data: bytes) -> None:
         pass
 
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
     def pause_reading(self) -> None:
         pass
 
@@ -115,7 +129,12 @@ async def decode(data: bytes) -> None:
 
 
 def test_one_input(data: bytes) -> None:
+    started = time.perf_counter()
     LOOP.run_until_complete(decode(data))
+    took = time.perf_counter() - started
+    budget = TIME_BUDGET[0] + TIME_BUDGET[1] * len(data) / (1 << 20)
+    if took > budget:
+        raise AssertionError(f"{len(data)} bytes held the loop for {took:.3f}s (budget {budget:.3f}s)")
 
 
 def seeds(where: Path) -> None:
@@ -124,14 +143,28 @@ def seeds(where: Path) -> None:
     from thriftpy2.transport import TMemoryBuffer
 
     where.mkdir(parents=True, exist_ok=True)
-    for name, make in (("binary", TBinaryProtocol), ("compact", TCompactProtocol)):
+    calls = {
+        "publish": ChatService.publish_args(message=Message(sender="s", content="hello", room="r")),
+        "poll": ChatService.poll_args(subscription_id="abc", max_messages=10, wait_ms=0, from_seq=3),
+        "subscribe": ChatService.subscribe_args(room="r", from_seq=1),
+    }
+    protocols = {
+        "binary": lambda b: TBinaryProtocol(b),
+        "nonstrict": lambda b: TBinaryProtocol(b, strict_write=False),
+        "compact": lambda b: TCompactProtocol(b),
+    }
+    for (pname, make), (api, args) in itertools.product(protocols.items(), calls.items()):
         buffer = TMemoryBuffer()
         protocol = make(buffer)
-        protocol.write_message_begin("publish", 1, 1)
-        ChatService.publish_args(message=Message(sender="s", content="hello", room="r")).write(protocol)
+        protocol.write_message_begin(api, 1, 1)
+        args.write(protocol)
         call = buffer.getvalue()
-        (where / f"buffered-{name}").write_bytes(call)
-        (where / f"framed-{name}").write_bytes(struct.pack(">i", len(call)) + call)
+        (where / f"buffered-{pname}-{api}").write_bytes(call)
+        (where / f"framed-{pname}-{api}").write_bytes(struct.pack(">i", len(call)) + call)
+    # Containers in fields the contract does not have: what the skip budget bounds.
+    head = struct.pack(">iI", -2147418111, 7) + b"publish" + struct.pack(">i", 1)
+    (where / "binary-unknown-list").write_bytes(head + b"\x0f\x00\x09\x08" + struct.pack(">i", 3) + bytes(12) + b"\x00")
+    (where / "compact-unknown-list").write_bytes(b"\x82\x21\x01\x07publish" + b"\x99\x31\x01\x01\x01\x00")
 
 
 if __name__ == "__main__":
