@@ -70,8 +70,6 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._context = contextvars.copy_context()
-        self._handshake: asyncio.Task[None] | None = None
-        """TLS being set up (the server's --tls-cert), until it is."""
         self._task: asyncio.Task[bytes | None] | None = None
         """The call in flight, while it waits; None when nothing waits."""
         self._waiter: asyncio.Future[None] | None = None
@@ -120,7 +118,6 @@ class Connection(asyncio.Protocol):
             # In a context of its own: the calls it goes on to answer enter the connection's.
             _done, task = start_eagerly(self._start_tls(transport, tls), contextvars.copy_context())
             if task is not None:
-                self._handshake = task
                 self._server.track(task)
 
     async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
@@ -129,7 +126,15 @@ class Connection(asyncio.Protocol):
             secured = await asyncio.get_running_loop().start_tls(
                 raw, self, tls, server_side=True, ssl_handshake_timeout=self._server.settings.idle_timeout
             )
-        except (OSError, ConnectionError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        except (TimeoutError, ConnectionAbortedError):  # how asyncio and uvloop say the handshake timed out
+            logger.info(
+                "aborting %r: its TLS handshake did not finish in %gs (--idle-timeout)", self,
+                self._server.settings.idle_timeout, extra={"event": "connection_stalled", "peer": self.peer},
+            )
+            raw.abort()
+            self.connection_lost(None)
+            return
+        except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
             logger.debug("closing %r: TLS handshake failed (%s)", self, exc)
             raw.abort()
             self.connection_lost(exc)
@@ -205,10 +210,7 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed.done():
             return  # a failed handshake may report it twice: once from TLS, once from us
-        self._closing = True
-        handshake = self._handshake
-        if handshake is not None and not handshake.done() and handshake is not asyncio.current_task():
-            handshake.cancel()
+        self._closing = True  # a handshake under way fails by itself now, and says why (_start_tls)
         if self._task is not None:
             self._task.cancel()  # nobody is left to read its answer; the server awaits it
         if self._waiter is not None and not self._waiter.done():

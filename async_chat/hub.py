@@ -34,6 +34,7 @@ from typing import Any
 from .brokers import Broker
 from .contract import Batch, RoomStats, Subscription
 from .errors import InvalidRequest, NoSuchSubscription, Unavailable
+from .sizes import memory_size, wire_size
 from .tasks import cancel_and_wait, every, housekeeping_interval
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,13 @@ class HubLimits:
     """What the hub bounds. The server fills it from its settings."""
 
     queue_size: int = 1000
+    queue_bytes: int = 256 * 1024
+    """A queue also drops its oldest before its messages take more than this in memory (sizes.memory_size),
+    and a last batch larger than this is not kept for a re-send: what a subscription keeps alive beyond
+    the broker's store is at most twice this."""
     subscription_ttl: float = 60.0
     max_subscriptions: int = 100_000
-    max_reply_bytes: int = 1024 * 1024
+    max_reply_bytes: int = 256 * 1024
     """A poll's batch stops before its messages would take more than this (it always carries one)."""
     overflow: str = "drop-oldest"
     """A full queue's next message: "drop-oldest" drops the queue's oldest (counted in missed);
@@ -62,16 +67,6 @@ class HubLimits:
 
 
 OVERFLOW_POLICIES = ("drop-oldest", "drop-subscription")
-
-
-def message_size(message: Any) -> int:
-    """What a message takes in a reply, at most: its strings in UTF-8 (4 bytes a character unless ASCII)
-    and its fields' framing."""
-    size = 48  # field headers, seq, sent_at_ms, lengths
-    for text in (message.content, message.sender, message.room, message.client_msg_id):
-        if text:
-            size += len(text) if text.isascii() else 4 * len(text)
-    return size
 
 
 class _Subscriber:
@@ -87,6 +82,7 @@ class _Subscriber:
         "live_start",
         "lock",
         "queue",
+        "queued_bytes",
         "room",
         "waiter",
     )
@@ -95,11 +91,14 @@ class _Subscriber:
         self.id = sub_id
         self.room = room
         self.queue: deque[Any] = deque()
+        self.queued_bytes = 0
+        """What the queue's messages take in memory (sizes.memory_size): bounded by HubLimits.queue_bytes."""
         self.cursor = 0
         self.live_start = 0
         self.dropped = 0
-        self.last: list[Any] = []
-        """The last batch served to a poll that said where it was: served again if its reply was lost."""
+        self.last: list[Any] | None = None
+        """The last batch served to a poll that said where it was, if at most HubLimits.queue_bytes:
+        served again if its reply was lost. None: nothing kept."""
         self.last_start = 0
         """Where that batch started."""
         self.last_active = now
@@ -184,29 +183,34 @@ class Hub:
         subs = self._rooms.get(message.room)
         if not subs:
             return
-        limit = self.limits.queue_size
+        limit, byte_limit = self.limits.queue_size, self.limits.queue_bytes
         seq = message.seq
+        size = memory_size(message)
         evict: list[_Subscriber] = []
         for sub in subs:
             if seq < sub.live_start:
                 continue  # part of this subscriber's replay: it reads that from history
             queue = sub.queue
-            if len(queue) >= limit:
+            if len(queue) >= limit or sub.queued_bytes + size > byte_limit:
                 if self.limits.overflow == "drop-subscription":
                     evict.append(sub)
                     continue
-                dropped = queue.popleft()
-                sub.dropped += 1
-                sub.live_start = max(sub.live_start, dropped.seq + 1)  # history serves it, if it still can
-                self.dropped_total += 1
+                while queue and (len(queue) >= limit or sub.queued_bytes + size > byte_limit):
+                    dropped = queue.popleft()
+                    sub.queued_bytes -= memory_size(dropped)
+                    sub.dropped += 1
+                    sub.live_start = max(sub.live_start, dropped.seq + 1)  # history serves it, if it still can
+                    self.dropped_total += 1
             queue.append(message)
+            sub.queued_bytes += size
             sub.wake()
         for sub in evict:
             self._remove(sub)
             self.evicted_total += 1
             logger.info(
-                "ended subscription %s to %r: its queue of %d was full (--overflow drop-subscription)",
-                sub.id[:8], sub.room, limit, extra={"event": "subscription_evicted", "room": sub.room},
+                "ended subscription %s to %r: its queue (%d messages, %d bytes) was full (--overflow"
+                " drop-subscription)", sub.id[:8], sub.room, limit, byte_limit,
+                extra={"event": "subscription_evicted", "room": sub.room},
             )
 
     # -- subscriptions ----------------------------------------------------------------------------
@@ -229,7 +233,7 @@ class Hub:
             raise
         sub.live_start = next_seq
         while sub.queue and sub.queue[0].seq < next_seq:
-            sub.queue.popleft()
+            sub.queued_bytes -= memory_size(sub.queue.popleft())
         if from_seq == 0:
             sub.cursor = next_seq
         elif from_seq > next_seq:
@@ -265,6 +269,7 @@ class Hub:
                 del self._rooms[sub.room]
                 self.broker.unwatch(sub.room)
         sub.queue.clear()
+        sub.queued_bytes = 0
         sub.wake()
 
     async def poll(self, sub_id: str, max_messages: int, wait: float, from_seq: int = 0) -> Any:
@@ -300,8 +305,9 @@ class Hub:
                     messages = await self._collect(sub, max_messages)
             finally:
                 sub.last_active = self._clock()
-            if from_seq:
-                sub.last, sub.last_start = messages, start
+            if from_seq:  # kept for a re-send, if it is small enough: else history serves a lost one
+                small = sum(map(memory_size, messages)) <= self.limits.queue_bytes
+                sub.last, sub.last_start = (messages if small else None), start
             return self._batch(sub, messages, start, sub.cursor)
 
     def _batch(self, sub: _Subscriber, messages: list[Any], start: int, next_seq: int) -> Any:
@@ -317,17 +323,19 @@ class Hub:
         cursor = sub.cursor
         if from_seq > cursor:
             raise InvalidRequest(f"from_seq {from_seq} is past this subscription's position {cursor}")
+        last = sub.last
+        sub.last = None  # the client has the last batch, or is given it again now: it need not be kept
         if from_seq == cursor:
-            sub.last = []  # the client has the last batch: it need not be kept
             return None
-        if sub.last_start <= from_seq and (sub.last or sub.last_start == from_seq):
+        if last is not None and sub.last_start <= from_seq:
             # The last reply was lost: the same messages again (a re-sent batch also reports its gap).
-            again = [m for m in sub.last if m.seq >= from_seq]
+            again = [m for m in last if m.seq >= from_seq]
+            sub.last = last
             return self._batch(sub, again, from_seq, cursor)
-        # Further back than the last batch: history serves it, and the queue still holds what follows.
+        # Further back than the last batch kept (or it was too large to keep): history serves it, and the
+        # queue still holds what follows.
         sub.live_start = max(sub.live_start, cursor)
         sub.cursor = from_seq
-        sub.last = []
         return None
 
     async def _collect(self, sub: _Subscriber, max_messages: int) -> list[Any]:
@@ -348,7 +356,7 @@ class Hub:
                 for message in page:
                     if message.seq != sub.cursor or message.seq >= sub.live_start:
                         break  # a gap after the first message, or past the replay: the next batch goes on
-                    room_left -= message_size(message)
+                    room_left -= wire_size(message)
                     if room_left < 0 and out:
                         return out  # the reply is full: the next batch goes on from here
                     out.append(message)
@@ -357,16 +365,19 @@ class Hub:
                 return out
         queue = sub.queue
         while queue and len(out) < max_messages:
-            seq = queue[0].seq
+            first = queue[0]
+            seq = first.seq
             if seq < sub.cursor:
                 queue.popleft()  # already served from history
+                sub.queued_bytes -= memory_size(first)
                 continue
             if seq > sub.cursor and out:
                 break  # a seq the broker never delivered: a gap, reported by the next batch
-            room_left -= message_size(queue[0])
+            room_left -= wire_size(first)
             if room_left < 0 and out:
                 break  # the reply is full
             out.append(queue.popleft())
+            sub.queued_bytes -= memory_size(first)
             sub.cursor = seq + 1
         return out
 
@@ -377,7 +388,7 @@ class Hub:
         messages = await self.broker.history(room, max(from_seq, 1), limit)
         room_left = self.limits.max_reply_bytes
         for count, message in enumerate(messages):
-            room_left -= message_size(message)
+            room_left -= wire_size(message)
             if room_left < 0 and count:
                 return messages[:count]  # the reply is full: the caller asks again from the next seq
         return messages

@@ -138,8 +138,11 @@ class ChatServer(AsyncResource):
         try:
             self.port = sock.getsockname()[1]
             broker = open_broker(s)
-            hub = Hub(broker, HubLimits(s.queue_size, s.subscription_ttl, s.max_subscriptions, s.max_reply_bytes,
-                                        s.overflow))
+            limits = HubLimits(
+                queue_size=s.queue_size, queue_bytes=s.queue_bytes, subscription_ttl=s.subscription_ttl,
+                max_subscriptions=s.max_subscriptions, max_reply_bytes=s.max_reply_bytes, overflow=s.overflow,
+            )
+            hub = Hub(broker, limits)
             await hub.start()
             self.hub = hub
             self.eager = broker.eager
@@ -324,18 +327,13 @@ class ChatServer(AsyncResource):
     def _close_idle(self) -> None:
         """End connections that have waited `idle_timeout` for their next call to arrive (a call still
         arriving counts as waiting), or whose peer has left replies unread that long: those are aborted,
-        since a graceful close would wait for the peer to read them, forever."""
+        since a graceful close would wait for the peer to read them, forever. (A TLS handshake has the same
+        time to finish, as its own timeout: connection.py.)"""
         timeout = self.settings.idle_timeout
         deadline = time.monotonic() - timeout
         for conn in list(self._connections):
-            if conn.state is not ConnectionState.BUSY and conn.idle_since < deadline:
-                if conn.state is ConnectionState.HANDSHAKE:
-                    logger.info(
-                        "aborting %r: its TLS handshake did not finish in %gs", conn, timeout,
-                        extra={"event": "connection_stalled", "peer": conn.peer},
-                    )
-                    conn.abort()
-                elif conn.unsent:
+            if conn.state in (ConnectionState.IDLE, ConnectionState.READING) and conn.idle_since < deadline:
+                if conn.unsent:
                     logger.info(
                         "aborting %r: its peer left %d reply bytes unread for %gs", conn, conn.unsent, timeout,
                         extra={"event": "connection_stalled", "peer": conn.peer, "unsent": conn.unsent},

@@ -36,20 +36,23 @@ class Settings:
     protocol: str = wire.AUTO
     history: int = 1000
     queue_size: int = 1000
+    queue_bytes: int = 256 * 1024
     overflow: str = "drop-oldest"
     subscription_ttl: float = 60.0
     idle_timeout: float = 120.0
     max_poll_wait_ms: int = 30_000
     max_poll_messages: int = 1000
-    max_reply_bytes: int = 1024 * 1024
+    max_reply_bytes: int = 256 * 1024
     max_content_bytes: int = 64 * 1024
-    max_call_bytes: int = 1024 * 1024
+    max_call_bytes: int = 256 * 1024
     max_name_length: int = 256
-    max_subscriptions: int = 100_000
+    max_subscriptions: int = 10_000
     max_subscriptions_per_connection: int = 1000
     max_connections: int = 10_000
     max_connections_per_address: int = 1_000
     max_rooms: int = 10_000
+    max_memory: int = 1 << 30
+    room_ttl: float = 86_400.0
     dedup_window: int = 10_000
     dedup_ttl: float = 600.0
     broker_timeout: float = 2.0
@@ -86,7 +89,8 @@ class Settings:
             problems.append(f"log format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
-        for name in ("queue_size", "max_poll_messages", "max_reply_bytes", "max_content_bytes", "max_name_length",
+        for name in ("queue_size", "queue_bytes", "max_poll_messages", "max_reply_bytes", "max_content_bytes",
+                     "max_name_length",
                      "max_subscriptions", "max_rooms", "dedup_window", "max_connections",
                      "max_connections_per_address", "max_subscriptions_per_connection"):
             if getattr(self, name) < 1:
@@ -108,7 +112,9 @@ class Settings:
             problems.append("history must be 0 or more")
         if self.max_poll_wait_ms < 0:
             problems.append("max-poll-wait-ms must be 0 or more")
-        for name in ("subscription_ttl", "drain_timeout", "dedup_ttl", "broker_timeout"):
+        if self.max_memory < 1 << 20:
+            problems.append(f"max-memory must be at least 1 MiB ({1 << 20}), not {self.max_memory}")
+        for name in ("subscription_ttl", "drain_timeout", "dedup_ttl", "broker_timeout", "room_ttl"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name.replace('_', '-')} must be more than 0")
         # A connection waiting in the longest poll must not be cut as idle; nor may its subscription expire.
@@ -163,7 +169,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("transport", "Thrift transport clients may use; auto tells each connection's own", TRANSPORTS),
     Option("protocol", "Thrift protocol clients may use; auto takes binary (strict or not) and compact", PROTOCOLS),
     Option("history", "messages each room retains for replay and history(); 0 keeps none"),
-    Option("queue_size", "messages buffered per subscription; past it the oldest is dropped and counted as missed"),
+    Option(
+        "queue_size",
+        "messages buffered per subscription; past it the oldest is dropped (read back from history if it still"
+        " holds it, else counted as missed)",
+    ),
+    Option("queue_bytes", "bytes of messages buffered per subscription; past it the oldest is dropped, as above"),
     Option(
         "overflow",
         "when a subscription's queue is full: drop its oldest message (counted in missed), or end the"
@@ -190,7 +201,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_subscriptions_per_connection", "subscriptions one connection may hold open (TOO_LARGE beyond)"),
     Option("max_connections", "client connections open at once; more are closed at once, logged once per episode"),
     Option("max_connections_per_address", "client connections open at once from one IP address; more are closed"),
-    Option("max_rooms", "rooms the server keeps (a publish opening one more is refused: UNAVAILABLE)"),
+    Option(
+        "max_rooms",
+        "rooms the memory broker keeps; a new one past it forgets the least recently used room without a"
+        " subscriber (refused UNAVAILABLE only when every room has one)",
+    ),
+    Option(
+        "max_memory",
+        "bytes the memory broker keeps in history, dedup records and rooms; past it the least recently used"
+        " rooms give up their oldest history first (readers are told through missed); publishes go on",
+    ),
+    Option(
+        "room_ttl",
+        "seconds a room without a subscriber and without a publish is kept: forgotten (memory) or expired"
+        " (every Redis key of the room) after it",
+    ),
     Option("dedup_window", "client_msg_ids the memory broker remembers per room, to store a retried send once"),
     Option("dedup_ttl", "seconds the Redis broker remembers a client_msg_id, to store a retried send once"),
     Option("broker_timeout", "seconds a Redis call may take before the call fails UNAVAILABLE (never a hang)"),

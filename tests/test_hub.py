@@ -135,6 +135,21 @@ async def test_a_rewind_past_the_last_batch_reads_history_and_counts_only_what_i
     assert ([m.seq for m in batch.messages], batch.missed, batch.next_seq) == ([1, 2, 3, 4], 0, 5)
 
 
+async def test_a_lost_batch_too_large_to_keep_is_read_back_from_history() -> None:
+    hub = Hub(MemoryBroker(history=20, dedup_window=3), HubLimits(queue_size=100, queue_bytes=200))
+    await hub.start()
+    try:
+        sub = await hub.subscribe("r", 0)
+        await publish(hub, 5)
+        lost = await hub.poll(sub.subscription_id, 10, 0, from_seq=1)
+        assert hub._subs[sub.subscription_id].last is None  # over queue_bytes: not kept
+        again = await hub.poll(sub.subscription_id, 10, 0, from_seq=1)
+        assert [m.seq for m in again.messages] == [m.seq for m in lost.messages] == [1, 2, 3, 4, 5]
+        assert again.missed == 0
+    finally:
+        await hub.aclose()
+
+
 async def test_a_poll_without_a_position_is_at_most_once_per_batch(hub: Hub) -> None:
     sub = await hub.subscribe("r", 0)
     await publish(hub, 3)
@@ -201,15 +216,64 @@ async def test_subscription_limit_is_enforced(clock: Clock) -> None:
         await hub.aclose()
 
 
-async def test_room_limit_refuses_new_rooms_but_serves_existing_ones(clock: Clock) -> None:
-    hub = Hub(MemoryBroker(history=5, dedup_window=5, max_rooms=2), clock=clock)
+async def test_a_full_room_table_forgets_its_least_recently_used_idle_room(clock: Clock) -> None:
+    """Finding 5: a full table refused every new room until a restart; one client could lock all others out."""
+    broker = MemoryBroker(history=5, dedup_window=5, max_rooms=2, clock=clock)
+    hub = Hub(broker, clock=clock)
     await hub.start()
     try:
+        sub = await hub.subscribe("a", 0)
         await publish(hub, 1, room="a")
         await publish(hub, 1, room="b")
-        with pytest.raises(Unavailable, match="maximum of 2 rooms"):
-            await publish(hub, 1, room="c")
+        assert await publish(hub, 1, room="c") == [1]  # "b", idle and unsubscribed, made way
+        assert (await hub.broker.next_seq("b"), broker.forgotten) == (1, 1)
+        assert [m.seq for m in (await hub.poll(sub.subscription_id, 10, 0)).messages] == [1]
+        await hub.subscribe("c", 0)
+        with pytest.raises(Unavailable, match="maximum of 2 rooms, each with a subscriber"):
+            await publish(hub, 1, room="d")  # only when every room has a subscriber
         assert await publish(hub, 1, room="a") == [2]
+    finally:
+        await hub.aclose()
+
+
+async def test_rooms_idle_past_the_ttl_without_subscribers_are_forgotten(clock: Clock) -> None:
+    broker = MemoryBroker(history=5, dedup_window=5, room_ttl=60, clock=clock)
+    hub = Hub(broker, clock=clock)
+    await hub.start()
+    try:
+        await publish(hub, 3, room="old")
+        await hub.subscribe("watched", 0)
+        await publish(hub, 1, room="watched")
+        clock.now += 61
+        await publish(hub, 1, room="new")  # opening a room forgets those idle past the TTL
+        assert await hub.broker.next_seq("old") == 1
+        assert await hub.broker.next_seq("watched") == 2  # it has a subscriber: kept
+    finally:
+        await hub.aclose()
+
+
+async def test_the_memory_budget_trims_the_least_recently_used_rooms_history_first(clock: Clock) -> None:
+    """Finding 6: a room could hold 70 MB and 10,000 of them 690 GB. The store keeps to --max-memory."""
+    broker = MemoryBroker(history=1000, dedup_window=1000, max_memory=1 << 20, clock=clock)
+    hub = Hub(broker, clock=clock)
+    await hub.start()
+    try:
+        big = "x" * 10_000
+        for room in ("idle", "busy"):
+            for i in range(60):
+                await hub.publish(Message(sender="s", content=big, room=room, client_msg_id=f"{room}{i}"))
+        assert broker.bytes <= broker.max_memory
+        assert broker.trimmed > 0
+        idle = await hub.broker.history("idle", 1, 1000)
+        busy = await hub.broker.history("busy", 1, 1000)
+        assert len(idle) < len(busy)  # the room published to least recently gave up its history first
+        assert busy[-1].seq == 60  # the newest message is always kept
+        # A replay from the start is told exactly what the budget took, at the gap.
+        sub = await hub.subscribe("idle", 1)
+        batches = await drain(hub, sub.subscription_id, 1000)
+        assert batches[0][1] == 60 - len(idle)
+        assert [seq for seqs, _ in batches for seq in seqs] == [m.seq for m in idle]
+        assert sum(missed for _, missed in batches) == 60 - len(idle)
     finally:
         await hub.aclose()
 

@@ -119,7 +119,7 @@ async def test_a_2_gib_length_claim_closes_the_connection_without_allocating_it(
         writer.close()
     assert rest.count(b"publish") == (1 if framed else 0)
     # (the buffered string's 3 bytes already came: 2**31 - 4 more)
-    assert re.search(r"claimed 214748364[47] bytes more; the limit is 1048576 \(--max-call-bytes\)", caplog.text)
+    assert re.search(r"claimed 214748364[47] bytes more; the limit is 262144 \(--max-call-bytes\)", caplog.text)
     assert server.oversized_total == 1
     assert _peak_rss_bytes() - peak_before < 64 * 1024 * 1024  # not the 2 GiB it claimed
     async with ChatClient(LOOPBACK, server.port) as other:

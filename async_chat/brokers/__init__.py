@@ -92,7 +92,13 @@ def open_broker(settings: Settings) -> Broker:
     if scheme == "memory":
         from .memory import MemoryBroker
 
-        return MemoryBroker(history=settings.history, dedup_window=settings.dedup_window, max_rooms=settings.max_rooms)
+        return MemoryBroker(
+            history=settings.history,
+            dedup_window=settings.dedup_window,
+            max_rooms=settings.max_rooms,
+            max_memory=settings.max_memory,
+            room_ttl=settings.room_ttl,
+        )
     if scheme in ("redis", "rediss"):
         from .redis import RedisBroker
 
@@ -101,6 +107,6 @@ def open_broker(settings: Settings) -> Broker:
             history=settings.history,
             dedup_ttl=settings.dedup_ttl,
             timeout=settings.broker_timeout,
-            max_rooms=settings.max_rooms,
+            room_ttl=settings.room_ttl,
         )
     raise InvalidRequest(f"unsupported broker URL {url!r}: expected one of {', '.join(s + '://' for s in SCHEMES)}")

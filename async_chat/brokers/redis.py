@@ -24,8 +24,12 @@ Why it is built this way:
   A new epoch begins whenever the epoch record is missing (flushed, or Redis came back empty) or Redis
   restarted since it began (its run_id changed: it may have come back with less than it acknowledged);
   the publish script checks both atomically, so no publish runs against data of unknown age. A room's
-  counter is also never taken below its stream's last entry (a counter lost on its own). The hub tells
-  subscribers of the jump (`renumbered`) rather than counting a range that was never used as missed.
+  counter is also never taken below its stream's last entry (a counter lost on its own), and a room
+  without a counter (new, expired, deleted) starts above cap of the previous millisecond. The hub tells
+  subscribers of a jump (`renumbered`) rather than counting a range that was never used as missed.
+- Rooms are bounded in time: every key of a room expires `room_ttl` after its last publish, unless a node
+  has subscribers in it (its reader refreshes the TTL). Streams keep --history entries (at least
+  MIN_STREAM), dedup keys live --dedup-ttl.
 - Redis unreachable: publishes fail at once with UNAVAILABLE (bounded by `timeout` when Redis hangs),
   polls of existing subscriptions return empty batches, the outage is logged once, and the reader
   reconnects with backoff. redis-py's own retries are off: a retried publish script could store twice.
@@ -39,6 +43,7 @@ import logging
 import random
 import secrets
 import time
+from collections import OrderedDict
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -55,9 +60,9 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "async_chat:"
 EPOCH_KEY = PREFIX + "epoch"
-DELIVERY_BACKLOG = 10_000
-"""Each stream keeps at least this many entries (more if --history asks), so a node that falls briefly
-behind still reads every message; history() still returns only the last --history of them."""
+MIN_STREAM = 100
+"""Each stream keeps --history entries, and at least this many, so that a node reading a little behind
+still reads every message (with --history 0 too); history() returns only the last --history of them."""
 READ_BLOCK_MS = 1000
 """Longest blocking XREAD: the reader also notices a silent Redis within this (plus `timeout`)."""
 RECONNECT_MAX = 1.0
@@ -67,7 +72,8 @@ PER_MS = 1000
 """Seqs a room may be issued per millisecond since BASE_MS, on average: the slope of the bound."""
 MAX_WAIT_RETRIES = 3
 KNOWN_FLOORS = 16
-"""Epoch floors a node remembers, to tell a renumbering from a loss."""
+"""Floors a node remembers (of epochs, and per room), to tell a renumbering from a loss."""
+ROOM_FLOOR_ROOMS = 10_000
 
 _FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
 """What a Redis call raises when Redis is away. RuntimeError too: under uvloop, redis-py's write to a
@@ -78,7 +84,8 @@ _NOW = f"""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
-local cap = (now - {BASE_MS}) * {PER_MS} + {PER_MS - 1}
+local per_ms = {PER_MS}
+local cap = (now - {BASE_MS}) * per_ms + per_ms - 1
 """
 """Shared by both scripts: Redis's time in ms, which incarnation of Redis this is, and the highest seq
 that may be issued now."""
@@ -91,28 +98,58 @@ if KEYS[4] ~= '' then
   if prev then return {'DUP', tonumber(prev)} end
 end
 local low = tonumber(e[3])
+local run = nil
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  -- a room new, expired or deleted: above every seq issued before this millisecond, in any room's past
+  local fresh = cap - per_ms
+  if fresh > low then low = fresh end
+  run = low
+end
 local top = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 if top[1] then
   local last = tonumber(string.match(top[1][1], '^(%d+)'))
   if last > low then low = last end
 end
 local seq = redis.call('INCR', KEYS[2])
-if seq <= low then seq = low + 1 end
+if seq <= low then
+  seq = low + 1
+  run = low  -- the first of a numbering run: readers learn the floor it jumped to
+end
 if seq > cap then return {'WAIT', 1} end
 if seq ~= tonumber(redis.call('GET', KEYS[2])) then redis.call('SET', KEYS[2], seq) end
-local fields = {'s', ARGV[2], 'c', ARGV[3], 't', now, 'f', e[3]}
+local fields = {'s', ARGV[2], 'c', ARGV[3], 't', now}
+if run then
+  table.insert(fields, 'f')
+  table.insert(fields, run)
+end
 if ARGV[4] ~= '' then
   table.insert(fields, 'k')
   table.insert(fields, ARGV[4])
 end
 -- string.format, not seq .. '-0': Lua 5.1 writes a number of 15 digits or more as 1.2e+14
 redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[5], string.format('%d-0', seq), unpack(fields))
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('PEXPIRE', KEYS[3], ARGV[7])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[6]) end
 return {'OK', seq, now}
 """
 """KEYS: epoch, seq, log, dedup key or ''. ARGV: epoch id, sender, content, client_msg_id, maxlen, dedup
-ttl ms. Replies OK seq now | DUP seq | WAIT ms (the bound: only in an epoch's first millisecond) | EPOCH
+ttl ms, room ttl ms. Replies OK seq now | DUP seq | WAIT ms (the bound: only in an epoch's first millisecond) | EPOCH
 (this node's epoch is not Redis's: it must resync)."""
+
+_OPEN = _NOW + """
+local last = redis.call('GET', KEYS[2])
+if not last then
+  -- where a new room starts: above every seq issued before this millisecond (the publish script's rule)
+  local low = tonumber(redis.call('HGET', KEYS[1], 'floor') or '0')
+  last = cap - per_ms
+  if low > last then last = low end
+  redis.call('SET', KEYS[2], last, 'PX', ARGV[1])
+end
+return tonumber(last)
+"""
+"""KEYS: epoch, seq. ARGV: room ttl ms. The room's last seq, opening its counter if it has none, so that a
+subscriber waiting for a new room's first message sees it follow on, not jump."""
 
 _EPOCH = _NOW + """
 local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'floor')
@@ -142,24 +179,30 @@ def _dedup_key(room: str, sender: str, client_msg_id: str) -> str:
 class RedisBroker(Broker):
     """Rooms in Redis, shared by every server process configured with the same URL."""
 
-    def __init__(self, url: str, *, history: int, dedup_ttl: float, timeout: float, max_rooms: int) -> None:
+    def __init__(self, url: str, *, history: int, dedup_ttl: float, timeout: float, room_ttl: float) -> None:
         self.url = url
         self._shown_url = redact(url)
         """The URL for logs and errors: no credentials."""
         self._history = history
-        self._maxlen = max(history, DELIVERY_BACKLOG)
+        self._maxlen = max(history, MIN_STREAM)
+        self._room_ttl_ms = max(int(room_ttl * 1000), 1)
         self._dedup_ttl_ms = max(int(dedup_ttl * 1000), 1)
         self._timeout = timeout
-        self._max_rooms = max_rooms
         self._redis = self._connect()
         self._publish = self._redis.register_script(_PUBLISH)
         self._epoch_script = self._redis.register_script(_EPOCH)
+        self._open = self._redis.register_script(_OPEN)
         self._deliver: Deliver | None = None
         self._epoch: str | None = None
         self._floor = 0
         """The current epoch's floor: every seq of this epoch is above it."""
         self._floors: list[int] = []
         """Epoch floors this node has seen (the newest KNOWN_FLOORS), for `renumbered`."""
+        self._room_floors: OrderedDict[str, list[int]] = OrderedDict()
+        """Floors rooms were renumbered to (a room expired or deleted, then written again), as entries
+        marked `f` showed them; the most recently seen ROOM_FLOOR_ROOMS rooms."""
+        self._refreshed = 0.0
+        """When the reader last refreshed the TTL of the rooms it follows."""
         self._resync_lock = asyncio.Lock()
         self._watched: dict[str, int] = {}
         """Rooms the reader follows, each with the last seq delivered."""
@@ -228,7 +271,7 @@ class RedisBroker(Broker):
         for _attempt in range(MAX_WAIT_RETRIES):
             args = [
                 self._epoch or "", message.sender, message.content, message.client_msg_id or "",
-                self._maxlen, self._dedup_ttl_ms,
+                self._maxlen, self._dedup_ttl_ms, self._room_ttl_ms,
             ]
             reply = await self._call(self._queue_publish([EPOCH_KEY, _seq_key(room), _log_key(room), dedup, *args]))
             status = reply[0]
@@ -318,11 +361,12 @@ class RedisBroker(Broker):
         return [m for m in messages if m.seq >= oldest_kept]
 
     async def next_seq(self, room: str) -> int:
-        last = int(await self._call(self._redis.get(_seq_key(room))) or 0)
+        opening = self._open(keys=[EPOCH_KEY, _seq_key(room)], args=[self._room_ttl_ms])
+        last = int(await self._call(opening))
         return max(last, self._floor) + 1  # a room not yet written in this epoch starts above its floor
 
     def renumbered(self, room: str, start: int, end: int) -> int | None:
-        floors = [f for f in self._floors if start <= f < end]
+        floors = [f for f in (*self._floors, *self._room_floors.get(room, ())) if start <= f < end]
         return max(floors) if floors else None
 
     async def watch(self, room: str) -> None:
@@ -373,6 +417,8 @@ class RedisBroker(Broker):
                     self._mark_up()
                     continue
             self._watch_changed.clear()
+            if time.monotonic() - self._refreshed > self._room_ttl_ms / 4000:
+                await self._refresh(conn)
             streams: dict[Any, Any] = {_log_key(room): f"{last}-0" for room, last in self._watched.items()}
             self._reader_blocked = True
             try:
@@ -384,6 +430,15 @@ class RedisBroker(Broker):
                 room = key[len(PREFIX) + 6 : -5]  # "async_chat:room:{R}:log" -> R
                 for entry_id, fields in entries:
                     self._deliver_entry(room, entry_id, fields)
+
+    async def _refresh(self, conn: aioredis.Redis) -> None:
+        """A room with subscribers here does not expire, however quiet: its keys' TTL starts again."""
+        self._refreshed = time.monotonic()
+        async with conn.pipeline(transaction=False) as pipe:
+            for room in self._watched:
+                pipe.pexpire(_seq_key(room), self._room_ttl_ms)
+                pipe.pexpire(_log_key(room), self._room_ttl_ms)
+            await pipe.execute()
 
     def _deliver_entry(self, room: str, entry_id: str, fields: dict[str, str]) -> None:
         last = self._watched.get(room)
@@ -417,10 +472,18 @@ class RedisBroker(Broker):
         if floor and floor not in self._floors:
             self._floors = sorted([*self._floors, floor])[-KNOWN_FLOORS:]
 
+    def _learn_room_floor(self, room: str, floor: int) -> None:
+        floors = self._room_floors.setdefault(room, [])
+        if floor not in floors:
+            floors[:] = sorted([*floors, floor])[-KNOWN_FLOORS:]
+        self._room_floors.move_to_end(room)
+        if len(self._room_floors) > ROOM_FLOOR_ROOMS:
+            self._room_floors.popitem(last=False)
+
     def _message(self, room: str, entry_id: str, fields: dict[str, str]) -> Any:
         floor = fields.get("f")
         if floor is not None:
-            self._learn_floor(int(floor))
+            self._learn_room_floor(room, int(floor))
         return Message(
             sender=fields["s"],
             content=fields["c"],

@@ -1,0 +1,235 @@
+"""Bounded under any client: each way an adversarial run held a server's memory or slots, tried on a real
+server process. None of these asserts a time: each waits for what the old server never did (a close, an
+answer) within the test's own timeout, or checks a memory bound far from what the old server reached."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import struct
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from async_chat import ChatClient, Message, TooLarge, Unauthorized
+from async_chat.auth import mint
+from benchmarks.processes import LOOPBACK, RedisProcess, ServerProcess, start_server
+
+from .certs import make_certificates
+from .conftest import read_to_close
+from .test_malformed import call, string
+
+pytestmark = pytest.mark.one_loop  # the subject is a server process; the test's loop only drives it
+
+MiB = 1024 * 1024
+SHORT = ("--idle-timeout", "3", "--max-poll-wait-ms", "1000", "--subscription-ttl", "3")
+"""Timeouts short enough that a test sees a connection cut at the idle timeout."""
+
+
+async def logged(server: ServerProcess, text: str, count: int = 1) -> None:
+    """Until the server's log has `count` lines with `text` (another process: no event to wait on)."""
+    async with asyncio.timeout(30):
+        while sum(text in line for line in server.log) < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+async def served(port: int) -> None:
+    """A normal client is served: a publish is answered."""
+    async with ChatClient(LOOPBACK, port, timeout=10) as client:
+        assert await client.publish(Message(sender="normal", content="still here", room="normal")) >= 1
+
+
+async def test_clients_that_stop_reading_hold_bounded_memory_and_their_slots_only_until_the_idle_timeout() -> None:
+    """Finding 1: ten connections with poll replies unread grew RSS by 63 MB each and were never closed,
+    so three of them locked out everyone under --max-connections 3."""
+    server = await start_server("--publish-rate", "0", "--max-connections", "3", *SHORT)
+    stalled: list[asyncio.StreamWriter] = []
+    try:
+        async with ChatClient(LOOPBACK, server.port) as client:
+            for i in range(200):  # 200 x 60 KB in history: one history() reply could be 12 MB
+                await client.publish(Message(sender="p", content=f"{i:05}" + "x" * 60_000, room="big"))
+        base = server.rss_bytes()
+        asks = call(b"history", string(1, b"big") + b"\x0a\x00\x02" + struct.pack(">q", 1)
+                    + b"\x08\x00\x03" + struct.pack(">i", 1000) + b"\x00")
+        for _ in range(3):
+            _reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+            writer.transport.set_write_buffer_limits(high=0)
+            writer.write(asks * 50)  # fifty asks, and never a byte read
+            stalled.append(writer)
+        await logged(server, "event=connection_stalled", 3)  # aborted at the idle timeout, not held forever
+        growth = (server.rss_bytes() - base) / MiB
+        await served(server.port)  # the slots are free again
+    finally:
+        for writer in stalled:
+            writer.transport.abort()
+        await server.kill()
+    assert growth < 32  # was 63 MB a connection; now a reply of at most --max-reply-bytes each
+
+
+async def test_an_endless_compact_varint_is_refused_at_once() -> None:
+    """Finding 2: `82 21` then 200 KB of ff bytes froze the server for seconds (quadratic); a 1 MiB one for
+    minutes. A varint longer than 10 bytes is malformed: the connection is closed with a reason."""
+    server = await start_server()
+    try:
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+        writer.write(b"\x82\x21" + b"\xff" * 200_000)
+        assert await read_to_close(reader) == b""
+        writer.close()
+        await logged(server, "varint longer than 10 bytes")
+        await served(server.port)
+    finally:
+        await server.kill()
+
+
+@pytest.mark.parametrize("framing", ["buffered", "framed"])
+async def test_a_million_unknown_values_are_refused_at_their_header(framing: str) -> None:
+    """Finding 2 too: a 1 MB list<bool> in a field the contract does not have cost a second of the loop."""
+    big = str(2 * MiB)  # the call within --max-call-bytes: the skip budget, not the size limit, refuses it
+    server = await start_server("--max-call-bytes", big, "--max-reply-bytes", big)
+    try:
+        elements = 1_000_000
+        body = b"\x82\x21\x01\x07publish" + b"\x19\xf1" + bytes([0x80 | (elements & 0x7F)]) + bytes(
+            [0x80 | ((elements >> 7) & 0x7F), elements >> 14]
+        ) + b"\x01" * elements + b"\x00\x00"
+        data = struct.pack(">i", len(body)) + body if framing == "framed" else body
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+        writer.write(data)
+        assert await read_to_close(reader) == b""
+        writer.close()
+        await logged(server, "values in fields this server does not know")
+    finally:
+        await server.kill()
+
+
+async def test_a_framed_call_of_half_a_megabyte_is_answered() -> None:
+    """Finding 3: framed calls of about 500 KB or more, within --max-call-bytes, hung until the idle
+    timeout (reading paused at 256 KiB while the connection waited for the whole frame)."""
+    big = str(2 * MiB)  # frames of half a megabyte and more, within the limit
+    server = await start_server("--max-call-bytes", big, "--max-reply-bytes", big)
+    try:
+        async with ChatClient(LOOPBACK, server.port, transport="framed", timeout=20) as client:
+            with pytest.raises(TooLarge, match="content is 600000 bytes"):
+                await client.publish(Message(sender="s", content="x" * 600_000, room="r"))
+            async with ChatClient(LOOPBACK, server.port, transport="framed", protocol="compact") as compact:
+                with pytest.raises(TooLarge):
+                    await compact.publish(Message(sender="s", content="y" * 900_000, room="r"))
+    finally:
+        await server.kill()
+
+
+async def test_tls_handshakes_that_never_finish_count_against_the_limits_and_are_cut(tmp_path: Path) -> None:
+    """Finding 4: 60 handshakes that never finished were held about 60 s each, uncounted by
+    --max-connections-per-address 20."""
+    certs = make_certificates(tmp_path)
+    server = await start_server("--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key),
+                                "--max-connections-per-address", "20", *SHORT)
+    try:
+        silent = [await asyncio.open_connection(LOOPBACK, server.port) for _ in range(60)]
+        async with asyncio.timeout(30):
+            ends = await asyncio.gather(*(read_to_close(reader) for reader, _ in silent))
+        assert ends == [b""] * 60  # 40 refused at accept, 20 aborted at the idle timeout
+        await logged(server, "its TLS handshake did not finish", 20)
+        assert sum("connection limit reached" in line for line in server.log) == 1
+        for _, writer in silent:
+            writer.close()
+        context = ssl.create_default_context(cafile=str(certs.ca))
+        async with ChatClient(LOOPBACK, server.port, ssl=context, server_hostname="localhost") as client:
+            assert await client.publish(Message(sender="s", content="over TLS", room="r")) >= 1
+    finally:
+        await server.kill()
+
+
+async def test_one_client_filling_the_room_table_locks_nobody_out() -> None:
+    """Finding 5: 10,000 publishes to new rooms, and every new room was refused until a restart."""
+    server = await start_server("--publish-rate", "0", "--max-rooms", "100")
+    try:
+        async with ChatClient(LOOPBACK, server.port) as flooder, ChatClient(LOOPBACK, server.port) as other:
+            watched = await other.create_subscription("mine", 0)
+            await other.publish(Message(sender="other", content="kept", room="mine"))
+            for i in range(500):
+                await flooder.publish(Message(sender="flooder", content="x", room=f"flood-{i}"))
+            assert await other.publish(Message(sender="other", content="new room", room="fresh")) >= 1
+            batch = await other.poll(watched.subscription_id, 10, 0, watched.next_seq)
+            assert [m.content for m in batch.messages] == ["kept"]  # a room with a subscriber is never forgotten
+            assert [m.content for m in await other.history("mine", 1, 10)] == ["kept"]
+    finally:
+        await server.kill()
+
+
+async def test_on_redis_history_applies_and_every_room_key_expires(tmp_path: Path) -> None:
+    """Finding 5 on Redis: no room bound at all, and every stream kept at least 10,000 entries whatever
+    --history said. Now a stream keeps --history (at least 100), and every key of a room has a TTL."""
+    redis = RedisProcess(tmp_path, persistent=False)
+    await redis.start()
+    server = await start_server("--broker", redis.url, "--publish-rate", "0", "--history", "50", "--room-ttl", "600")
+    try:
+        async with ChatClient(LOOPBACK, server.port) as client, aioredis.Redis.from_url(redis.url) as probe:
+            for i in range(300):
+                await client.publish(Message(sender="s", content=str(i), room="capped", client_msg_id=f"id{i}"))
+            assert await probe.xlen("async_chat:room:{capped}:log") == 100
+            assert len(await client.history("capped", 1, 1000)) == 50
+            keys = [k async for k in probe.scan_iter("async_chat:*") if k != b"async_chat:epoch"]
+            ttls = [await probe.pttl(k) for k in keys]
+            assert keys
+            assert all(0 < ttl <= 600_000 for ttl in ttls), dict(zip(keys, ttls, strict=True))
+    finally:
+        await server.kill()
+        await redis.kill()
+
+
+async def test_the_memory_budget_holds_whatever_one_client_publishes() -> None:
+    """Finding 6: a full room held about 70 MB and the defaults multiplied out to 690 GB, filled by one
+    client at 190 MB/s. The store keeps to --max-memory: here 32 MiB against 160 MB published."""
+    server = await start_server("--publish-rate", "0", "--max-memory", str(32 * MiB))
+    try:
+        async with ChatClient(LOOPBACK, server.port, pool_size=8) as client:
+            await client.publish(Message(sender="s", content="warm", room="warm"))
+            base = server.rss_bytes()
+            content = "x" * 64_000
+            for room in range(50):
+                await asyncio.gather(*(
+                    client.publish(Message(sender="s", content=content, room=f"r{room}", client_msg_id=f"{room}-{i}"))
+                    for i in range(50)
+                ))
+            growth = (server.rss_bytes() - base) / MiB
+            assert len(await client.history("r49", 1, 1000)) > len(await client.history("r0", 1, 1000))
+        await served(server.port)
+    finally:
+        await server.kill()
+    assert growth < 96  # 160 MB published; the store keeps 32 MiB (the rest is allocator slack)
+
+
+async def test_a_non_ascii_token_is_unauthorized_not_an_internal_error(tmp_path: Path) -> None:
+    """Finding 7: a non-ASCII token got INTERNAL_ERROR and a traceback at error level, every try."""
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 48)
+    server = await start_server("--auth-secret-file", str(secret))
+    try:
+        async with ChatClient(LOOPBACK, server.port, token="v1.é.1.x") as client:
+            for _ in range(3):
+                with pytest.raises(Unauthorized, match="ASCII"):
+                    await client.publish(Message(sender="s", content="x"))
+        good = mint(b"s" * 48, "alice", 60)
+        async with ChatClient(LOOPBACK, server.port, token=good) as client:
+            assert await client.publish(Message(sender="s", content="x")) >= 1
+    finally:
+        await server.kill()
+    assert not [line for line in server.log if "level=error" in line or "Traceback" in line]
+
+
+async def test_a_buffered_claim_of_two_billion_values_is_closed_at_once_not_at_the_idle_timeout() -> None:
+    """Finding 8: a buffered call claiming a 2**31-element container in a field of another type waited for
+    its bytes until the idle timeout (120 s); framed, it was closed at once."""
+    server = await start_server()  # the default idle timeout: 120 s, longer than this test may take
+    try:
+        claim = b"\x0f\x00\x01\x08" + struct.pack(">i", 2**31 - 1) + b"\x00\x00\x00\x01"
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+        writer.write(call(b"publish", claim))
+        assert await read_to_close(reader) == b""
+        writer.close()
+        await logged(server, "values in fields this server does not know")
+        await served(server.port)
+    finally:
+        await server.kill()
+
