@@ -64,6 +64,7 @@ async def test_clients_that_stop_reading_hold_bounded_memory_and_their_slots_onl
         for writer in stalled:
             writer.transport.abort()
         await server.kill()
+    print(f"three stalled readers: server RSS grew {growth:.1f} MiB")
     assert growth < 32  # was 63 MB a connection; now a reply of at most --max-reply-bytes each
 
 
@@ -197,6 +198,7 @@ async def test_the_memory_budget_holds_whatever_one_client_publishes() -> None:
         await served(server.port)
     finally:
         await server.kill()
+    print(f"160 MB published under --max-memory 32 MiB: server RSS grew {growth:.1f} MiB")
     assert growth < 96  # 160 MB published; the store keeps 32 MiB (the rest is allocator slack)
 
 
