@@ -127,9 +127,9 @@ class Connection(asyncio.Protocol):
                 raw, self, tls, server_side=True, ssl_handshake_timeout=self._server.settings.idle_timeout
             )
         except (TimeoutError, ConnectionAbortedError):  # how asyncio and uvloop say the handshake timed out
-            logger.info(
-                "aborting %r: its TLS handshake did not finish in %gs (--idle-timeout)", self,
-                self._server.settings.idle_timeout, extra={"event": "connection_stalled", "peer": self.peer},
+            self._server.episodes.log(
+                logger, logging.INFO, "connection_stalled", "aborting %r: its TLS handshake did not finish in %gs"
+                " (--idle-timeout)", self, self._server.settings.idle_timeout, peer=self.peer,
             )
             raw.abort()
             self.connection_lost(None)
@@ -415,10 +415,10 @@ class Connection(asyncio.Protocol):
             if transport.get_write_buffer_size() > self._unsent_limit:
                 # Only a peer that stopped reading gets here (see _unsent_limit). Drop it now; a graceful
                 # close would wait for it forever.
-                logger.info(
-                    "aborting %r: its peer left %d reply bytes unread (--max-reply-bytes plus 64 KiB at most)",
-                    self, transport.get_write_buffer_size(),
-                    extra={"event": "connection_stalled", "peer": self.peer},
+                self._server.episodes.log(
+                    logger, logging.INFO, "connection_stalled", "aborting %r: its peer left %d reply bytes"
+                    " unread (--max-reply-bytes plus 64 KiB at most)", self, transport.get_write_buffer_size(),
+                    peer=self.peer,
                 )
                 self.abort()
                 return
@@ -438,14 +438,15 @@ class Connection(asyncio.Protocol):
             pass  # the peer went away, or we are closing it
         elif isinstance(exc, CallTooLarge):
             self._server.oversized_total += 1
-            logger.warning(
-                "closing %r: %s (--max-call-bytes)", self, exc, extra={"event": "call_too_large", "peer": self.peer}
+            self._server.episodes.log(
+                logger, logging.WARNING, "call_too_large", "closing %r: %s (--max-call-bytes)", self, exc,
+                peer=self.peer,
             )
         else:
             self._server.unreadable_total += 1
-            logger.warning(
-                "closing %r: unreadable request (%s: %s)", self, type(exc).__name__, exc,
-                extra={"event": "connection_unreadable", "peer": self.peer},
+            self._server.episodes.log(
+                logger, logging.WARNING, "connection_unreadable", "closing %r: unreadable request (%s: %s)", self,
+                type(exc).__name__, exc, peer=self.peer,
             )
         self.close()
 

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 FORMATS = ("text", "json")
@@ -55,6 +56,32 @@ def _quote(value: Any) -> str:
     if text and not any(c in text for c in ' "=\n\t'):
         return text
     return json.dumps(text, ensure_ascii=False)
+
+
+class Episodes:
+    """Lines about one client's misbehaviour (a refused connection, an unreadable call, a stalled peer),
+    logged once per episode: the first of each event at once, then at most one per `quiet` seconds,
+    saying how many like it were left out meanwhile. A flood of bad connections is a few lines, not one
+    per connection; the metrics still count every one."""
+
+    def __init__(self, quiet: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.quiet = quiet
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def log(self, logger: logging.Logger, level: int, event: str, msg: str, *args: object, **fields: Any) -> None:
+        now = self._clock()
+        last = self._last.get(event)
+        if last is not None and now - last < self.quiet:
+            self._skipped[event] = self._skipped.get(event, 0) + 1
+            return
+        self._last[event] = now
+        skipped = self._skipped.pop(event, 0)
+        if skipped:
+            msg += " (and %d more like it in the last %.0fs)"
+            args = (*args, skipped, now - (last or now))
+        logger.log(level, msg, *args, extra={"event": event, **fields, "left_out": skipped})
 
 
 def configure(level: str, fmt: str = "text") -> None:

@@ -94,6 +94,8 @@ class ChatServer(AsyncResource):
         self._limits_hit: set[str] = set()
         """Connection limits reached and not yet left ("" for the total, else an address): logged once."""
         self.monitor: Monitor | None = None
+        self.episodes = logs.Episodes()
+        """Lines about misbehaving clients, once per episode."""
         self.tls: ssl.SSLContext | None = None
         """The context each connection's TLS handshake uses; None: plain TCP."""
 
@@ -310,14 +312,14 @@ class ChatServer(AsyncResource):
         s = self.settings
         dialect = wire.detect(head)
         if dialect is None:
-            logger.warning(
-                "refusing %r: its first bytes %s are not a Thrift call%s", conn, head.hex(" "), _hint(head),
-                extra={"event": "connection_refused", "peer": conn.peer},
+            self.episodes.log(
+                logger, logging.WARNING, "connection_refused", "refusing %r: its first bytes %s are not a Thrift"
+                " call%s", conn, head.hex(" "), _hint(head), peer=conn.peer,
             )
         elif not dialect.allowed_by(s.transport, s.protocol):
-            logger.warning(
-                "refusing %r: it speaks %s, this server takes --transport %s --protocol %s",
-                conn, dialect, s.transport, s.protocol, extra={"event": "connection_refused", "peer": conn.peer},
+            self.episodes.log(
+                logger, logging.WARNING, "connection_refused", "refusing %r: it speaks %s, this server takes"
+                " --transport %s --protocol %s", conn, dialect, s.transport, s.protocol, peer=conn.peer,
             )
             dialect = None
         if dialect is None:
@@ -334,9 +336,9 @@ class ChatServer(AsyncResource):
         for conn in list(self._connections):
             if conn.state in (ConnectionState.IDLE, ConnectionState.READING) and conn.idle_since < deadline:
                 if conn.unsent:
-                    logger.info(
-                        "aborting %r: its peer left %d reply bytes unread for %gs", conn, conn.unsent, timeout,
-                        extra={"event": "connection_stalled", "peer": conn.peer, "unsent": conn.unsent},
+                    self.episodes.log(
+                        logger, logging.INFO, "connection_stalled", "aborting %r: its peer left %d reply bytes"
+                        " unread for %gs", conn, conn.unsent, timeout, peer=conn.peer, unsent=conn.unsent,
                     )
                     conn.abort()
                 else:
