@@ -84,6 +84,7 @@ class _Subscriber:
         "queue",
         "queued_bytes",
         "room",
+        "sizes",
         "waiter",
     )
 
@@ -91,6 +92,9 @@ class _Subscriber:
         self.id = sub_id
         self.room = room
         self.queue: deque[Any] = deque()
+        self.sizes: deque[int] = deque()
+        """Each queued message's memory_size, in step with `queue` (computed once per message, not per
+        subscriber)."""
         self.queued_bytes = 0
         """What the queue's messages take in memory (sizes.memory_size): bounded by HubLimits.queue_bytes."""
         self.cursor = 0
@@ -197,11 +201,12 @@ class Hub:
                     continue
                 while queue and (len(queue) >= limit or sub.queued_bytes + size > byte_limit):
                     dropped = queue.popleft()
-                    sub.queued_bytes -= memory_size(dropped)
+                    sub.queued_bytes -= sub.sizes.popleft()
                     sub.dropped += 1
                     sub.live_start = max(sub.live_start, dropped.seq + 1)  # history serves it, if it still can
                     self.dropped_total += 1
             queue.append(message)
+            sub.sizes.append(size)
             sub.queued_bytes += size
             sub.wake()
         for sub in evict:
@@ -233,7 +238,8 @@ class Hub:
             raise
         sub.live_start = next_seq
         while sub.queue and sub.queue[0].seq < next_seq:
-            sub.queued_bytes -= memory_size(sub.queue.popleft())
+            sub.queue.popleft()
+            sub.queued_bytes -= sub.sizes.popleft()
         if from_seq == 0:
             sub.cursor = next_seq
         elif from_seq > next_seq:
@@ -269,6 +275,7 @@ class Hub:
                 del self._rooms[sub.room]
                 self.broker.unwatch(sub.room)
         sub.queue.clear()
+        sub.sizes.clear()
         sub.queued_bytes = 0
         sub.wake()
 
@@ -356,28 +363,30 @@ class Hub:
                 for message in page:
                     if message.seq != sub.cursor or message.seq >= sub.live_start:
                         break  # a gap after the first message, or past the replay: the next batch goes on
-                    room_left -= wire_size(message)
+                    room_left -= wire_size(memory_size(message), sub.room)
                     if room_left < 0 and out:
                         return out  # the reply is full: the next batch goes on from here
                     out.append(message)
                     sub.cursor = message.seq + 1
             if sub.cursor < sub.live_start:
                 return out
-        queue = sub.queue
+        queue, sizes = sub.queue, sub.sizes
+        to_wire = wire_size(0, sub.room)  # what a message's wire size is beside its memory size
         while queue and len(out) < max_messages:
-            first = queue[0]
-            seq = first.seq
+            seq = queue[0].seq
             if seq < sub.cursor:
                 queue.popleft()  # already served from history
-                sub.queued_bytes -= memory_size(first)
+                sub.queued_bytes -= sizes.popleft()
                 continue
             if seq > sub.cursor and out:
                 break  # a seq the broker never delivered: a gap, reported by the next batch
-            room_left -= wire_size(first)
+            size = sizes[0]
+            room_left -= size + to_wire
             if room_left < 0 and out:
                 break  # the reply is full
             out.append(queue.popleft())
-            sub.queued_bytes -= memory_size(first)
+            sizes.popleft()
+            sub.queued_bytes -= size
             sub.cursor = seq + 1
         return out
 
@@ -388,7 +397,7 @@ class Hub:
         messages = await self.broker.history(room, max(from_seq, 1), limit)
         room_left = self.limits.max_reply_bytes
         for count, message in enumerate(messages):
-            room_left -= wire_size(message)
+            room_left -= wire_size(memory_size(message), room)
             if room_left < 0 and count:
                 return messages[:count]  # the reply is full: the caller asks again from the next seq
         return messages

@@ -24,14 +24,16 @@ def text_size(value: str | None) -> int:
     return len(value) if value.isascii() else 4 * len(value)
 
 
-def wire_size(message: Any) -> int:
-    """What `message` takes in a reply, at most."""
-    return (
-        WIRE_OVERHEAD + text_size(message.content) + text_size(message.sender) + text_size(message.room)
-        + text_size(message.client_msg_id)
-    )
-
-
 def memory_size(message: Any) -> int:
-    """What keeping `message` costs in memory, at most (its room name is shared, so not counted)."""
-    return MEMORY_OVERHEAD + text_size(message.content) + text_size(message.sender) + text_size(message.client_msg_id)
+    """What keeping `message` costs in memory, at most (its room name is shared, so not counted). On the
+    hot path: computed once per message, and kept beside it where it is queued."""
+    content, sender, key = message.content or "", message.sender or "", message.client_msg_id or ""
+    size = MEMORY_OVERHEAD + len(content) + len(sender) + len(key)
+    if not (content.isascii() and sender.isascii() and key.isascii()):
+        size += 3 * (len(content) + len(sender) + len(key))  # up to 4 bytes a character
+    return size
+
+
+def wire_size(memory: int, room: str) -> int:
+    """What a message of `memory_size` `memory` in `room` takes in a reply, at most."""
+    return memory - MEMORY_OVERHEAD + WIRE_OVERHEAD + text_size(room)

@@ -34,6 +34,16 @@ async def logged(server: ServerProcess, text: str, count: int = 1) -> None:
             await asyncio.sleep(0.05)
 
 
+async def closed_on(port: int, data: bytes) -> None:
+    """Send `data` on a new connection: the server must close it without a reply (bounded by the test)."""
+    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    try:
+        writer.write(data)
+        assert await read_to_close(reader) == b""
+    finally:
+        writer.close()
+
+
 async def served(port: int) -> None:
     """A normal client is served: a publish is answered."""
     async with ChatClient(LOOPBACK, port, timeout=10) as client:
@@ -88,10 +98,7 @@ async def test_a_flood_of_bad_connections_is_a_few_log_lines_not_one_each() -> N
         claim = b"\x0c\x00\x01\x0b\x00\x02" + struct.pack(">i", 2**31 - 1)  # a 2 GiB content
         for payload in (b"GET / HTTP/1.1\r\n\r\n", call(b"publish", claim)):
             for _ in range(100):
-                reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
-                writer.write(payload)
-                assert await read_to_close(reader) == b""
-                writer.close()
+                await closed_on(server.port, payload)
         await served(server.port)
     finally:
         await server.kill()
@@ -104,10 +111,7 @@ async def test_an_endless_compact_varint_is_refused_at_once() -> None:
     minutes. A varint longer than 10 bytes is malformed: the connection is closed with a reason."""
     server = await start_server()
     try:
-        reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
-        writer.write(b"\x82\x21" + b"\xff" * 200_000)
-        assert await read_to_close(reader) == b""
-        writer.close()
+        await closed_on(server.port, b"\x82\x21" + b"\xff" * 200_000)
         await logged(server, "varint longer than 10 bytes")
         await served(server.port)
     finally:
@@ -125,10 +129,7 @@ async def test_a_million_unknown_values_are_refused_at_their_header(framing: str
             [0x80 | ((elements >> 7) & 0x7F), elements >> 14]
         ) + b"\x01" * elements + b"\x00\x00"
         data = struct.pack(">i", len(body)) + body if framing == "framed" else body
-        reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
-        writer.write(data)
-        assert await read_to_close(reader) == b""
-        writer.close()
+        await closed_on(server.port, data)
         await logged(server, "values in fields this server does not know")
     finally:
         await server.kill()
@@ -257,10 +258,7 @@ async def test_a_buffered_claim_of_two_billion_values_is_closed_at_once_not_at_t
     server = await start_server()  # the default idle timeout: 120 s, longer than this test may take
     try:
         claim = b"\x0f\x00\x01\x08" + struct.pack(">i", 2**31 - 1) + b"\x00\x00\x00\x01"
-        reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
-        writer.write(call(b"publish", claim))
-        assert await read_to_close(reader) == b""
-        writer.close()
+        await closed_on(server.port, call(b"publish", claim))
         await logged(server, "values in fields this server does not know")
         await served(server.port)
     finally:

@@ -37,12 +37,14 @@ the room table. Measured with tracemalloc: 1,115 bytes."""
 
 
 class _Room:
-    __slots__ = ("bytes", "dedup", "history", "last_used", "name", "next_seq")
+    __slots__ = ("bytes", "dedup", "history", "last_used", "name", "next_seq", "sizes")
 
     def __init__(self, name: str, now: float) -> None:
         self.name = name
         self.next_seq = 1
         self.history: deque[Any] = deque()
+        self.sizes: deque[int] = deque()
+        """Each history message's memory_size, in step with `history`."""
         self.dedup: OrderedDict[tuple[str, str], int] = OrderedDict()
         self.last_used = now
         self.bytes = ROOM_OVERHEAD + text_size(name)
@@ -97,7 +99,12 @@ class MemoryBroker(Broker):
 
     async def publish(self, message: Any) -> tuple[int, bool]:
         now = self._clock()
-        room = self._room(message.room, now)
+        room = self._rooms.get(message.room)
+        if room is None:
+            room = self._open(message.room, now)
+        else:
+            room.last_used = now
+            self._rooms.move_to_end(message.room)
         key = (message.sender, message.client_msg_id) if message.client_msg_id else None
         if key is not None:
             seq = room.dedup.get(key)
@@ -107,10 +114,14 @@ class MemoryBroker(Broker):
         room.next_seq = seq + 1
         message.sent_at_ms = time.time_ns() // 1_000_000
         if self._history:
+            size = memory_size(message)
             room.history.append(message)
-            self._charge(room, memory_size(message))
+            room.sizes.append(size)
             if len(room.history) > self._history:
-                self._charge(room, -memory_size(room.history.popleft()))
+                room.history.popleft()
+                size -= room.sizes.popleft()
+            room.bytes += size
+            self.bytes += size
         if key is not None:
             room.dedup[key] = seq
             self._charge(room, DEDUP_OVERHEAD + text_size(key[0]) + text_size(key[1]))
@@ -139,13 +150,8 @@ class MemoryBroker(Broker):
 
     # -- bounds ---------------------------------------------------------------------------------------
 
-    def _room(self, name: str, now: float) -> _Room:
-        """The room `name`, opened if new (forgetting what the bounds say to), and marked used now."""
-        room = self._rooms.get(name)
-        if room is not None:
-            room.last_used = now
-            self._rooms.move_to_end(name)
-            return room
+    def _open(self, name: str, now: float) -> _Room:
+        """A new room `name`, after forgetting what the bounds say to."""
         self._forget_idle(now)
         if len(self._rooms) >= self._max_rooms and not self._forget_one(lambda r: True):
             raise Unavailable(
@@ -185,7 +191,8 @@ class MemoryBroker(Broker):
             if self.bytes <= self.max_memory:
                 break
             while room.history and self.bytes > self.max_memory and (room is not keep or len(room.history) > 1):
-                self._charge(room, -memory_size(room.history.popleft()))
+                room.history.popleft()
+                self._charge(room, -room.sizes.popleft())
                 self.trimmed += 1
             while room.dedup and self.bytes > self.max_memory and room is not keep:
                 self._drop_dedup(room)
