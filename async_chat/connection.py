@@ -49,7 +49,7 @@ BUFFERED_CHUNK = 4096
 
 
 class ConnectionState(enum.Enum):
-    HANDSHAKE = "handshake"  # TLS being set up: aborted at the idle timeout like any connection that waits
+    HANDSHAKE = "handshake"  # TLS being set up: it has the idle timeout to finish, like any wait for a call
     IDLE = "idle"  # waiting for the first byte of the next call: closed at once on shutdown
     READING = "reading"  # a call is arriving
     BUSY = "busy"  # a call is being answered: allowed to finish on shutdown
@@ -114,14 +114,15 @@ class Connection(asyncio.Protocol):
         if tls is not None:
             self.state = ConnectionState.HANDSHAKE
             # Started now, not on the loop's next turn: by then the client's first TLS bytes would have been
-            # handed to us. Its first step gives the transport to TLS.
-            # In a context of its own: the calls it goes on to answer enter the connection's.
+            # handed to us (its first step gives the transport to TLS). In a context of its own: the calls it
+            # goes on to answer enter the connection's.
             _done, task = start_eagerly(self._start_tls(transport, tls), contextvars.copy_context())
             if task is not None:
                 self._server.track(task)
 
     async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
         """Upgrade to TLS; a handshake that fails (or is aborted) ends the connection like any other."""
+        failure: Exception | None = None
         try:
             secured = await asyncio.get_running_loop().start_tls(
                 raw, self, tls, server_side=True, ssl_handshake_timeout=self._server.settings.idle_timeout
@@ -131,17 +132,13 @@ class Connection(asyncio.Protocol):
                 logger, logging.INFO, "connection_stalled", "aborting %r: its TLS handshake did not finish in %gs"
                 " (--idle-timeout)", self, self._server.settings.idle_timeout, peer=self.peer,
             )
-            raw.abort()
-            self.connection_lost(None)
-            return
+            secured = None
         except (OSError, ConnectionError) as exc:  # ssl.SSLError is an OSError
             logger.debug("closing %r: TLS handshake failed (%s)", self, exc)
-            raw.abort()
-            self.connection_lost(exc)
-            return
+            secured, failure = None, exc
         if secured is None or self._closing:
             raw.abort()
-            self.connection_lost(None)
+            self.connection_lost(failure)
             return
         self._transport = secured
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)

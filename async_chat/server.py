@@ -156,8 +156,8 @@ class ChatServer(AsyncResource):
             self._processor = ChatProcessor(ChatService, handler, metrics)
             self.state = ServerState.SERVING  # before accepting: the first connection may arrive at once
             loop = asyncio.get_running_loop()
-            # TLS is not the listener's: each connection upgrades itself (connection.py), so that it is counted
-            # against the limits and watched by the idle sweeper from accept, its handshake included.
+            # TLS is not the listener's: each connection upgrades itself (connection.py), so that it counts
+            # against the connection limits from accept, and its handshake has the idle timeout to finish.
             self.tls = tls
             self._listener = await loop.create_server(lambda: Connection(self), sock=sock)
             interval = housekeeping_interval(s.idle_timeout, cap=1.0)
