@@ -211,6 +211,33 @@ async def test_on_redis_history_applies_and_every_room_key_expires(tmp_path: Pat
         await redis.kill()
 
 
+async def test_a_redis_out_of_memory_refuses_publishes_without_an_outage(tmp_path: Path) -> None:
+    """A full Redis (maxmemory, noeviction) answers every write with an error: that is a refusal the client
+    can act on (UNAVAILABLE, retry later), not an outage to log and reconnect from."""
+    redis = RedisProcess(tmp_path, persistent=False)
+    await redis.start()
+    server = await start_server("--broker", redis.url, "--publish-rate", "0")
+    try:
+        async with ChatClient(LOOPBACK, server.port) as client, aioredis.Redis.from_url(redis.url) as probe:
+            await probe.config_set("maxmemory", str(4 * MiB))
+            refused: Unavailable | None = None
+            for i in range(10_000):  # 400 MB if it all fitted: bounded by the refusal
+                try:
+                    await client.publish(Message(sender="s", content="x" * 40_000, room=f"full-{i % 50}"))
+                except Unavailable as exc:
+                    refused = exc
+                    break
+            assert refused is not None
+            assert "refused the call (command not allowed when used memory > 'maxmemory'" in str(refused)
+            assert "script" not in str(refused)  # refused whole, before the script ran: never half a publish
+            await probe.config_set("maxmemory", "0")
+            assert await client.publish(Message(sender="s", content="room again", room="after")) >= 1
+    finally:
+        await server.kill()
+        await redis.kill()
+    assert not [line for line in server.log if "event=broker_down" in line]
+
+
 async def test_the_memory_budget_holds_whatever_one_client_publishes() -> None:
     """Finding 6: a full room held about 70 MB and the defaults multiplied out to 690 GB, filled by one
     client at 190 MB/s. The store keeps to --max-memory: here 32 MiB against 160 MB published."""

@@ -49,7 +49,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..contract import Message
 from ..errors import Unavailable
@@ -80,15 +80,16 @@ _FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
 connection that Redis closed mid-handshake raises "unable to perform operation on <TCPTransport
 closed=True>" rather than a ConnectionError (seen with Redis killed during reconnects)."""
 
-_NOW = f"""
+_NOW = f"""#!lua
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
 local per_ms = {PER_MS}
 local cap = (now - {BASE_MS}) * per_ms + per_ms - 1
 """
-"""Shared by both scripts: Redis's time in ms, which incarnation of Redis this is, and the highest seq
-that may be issued now."""
+"""What every script begins with: Redis's time in ms, which incarnation of Redis this is, and the highest
+seq that may be issued now. The `#!lua` line makes Redis (7+) refuse a script that may write as a whole
+when it is out of memory, before it runs, instead of refusing one write in the middle of it."""
 
 _PUBLISH = _NOW + """
 local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'floor')
@@ -341,6 +342,9 @@ class RedisBroker(Broker):
         try:
             async with asyncio.timeout(self._timeout):
                 return await awaitable
+        except ResponseError as exc:  # Redis answered, and said no (out of memory, read-only): not an outage
+            self.errors += 1
+            raise Unavailable(f"the broker refused the call ({exc}); retry later with the same client_msg_id") from None
         except _FAILURES as exc:
             self.errors += 1
             self._mark_down(exc)
