@@ -81,6 +81,9 @@ class Ledger:
         self.report = report
         self.acks: dict[tuple[str, int], str] = {}
         self.seen: dict[tuple[str, int], str] = {}
+        self.attempts: dict[str, int] = dict.fromkeys(ROOMS, 0)
+        """Publish attempts per room, retries included: no more seqs than this can have been issued, so
+        no subscriber can truly have missed more (a made-up missed count is a violation too)."""
 
     def ack(self, room: str, seq: int, content: str) -> None:
         self.report.acked += 1
@@ -113,6 +116,7 @@ class Tally:
 
     def __init__(self, name: str, room: str, ledger: Ledger, position: int) -> None:
         self.name, self.room, self.ledger, self.position = name, room, ledger, position
+        self.missed = 0
 
     def gap(self, count: int, resume: int, renumbered: bool) -> None:
         report = self.ledger.report
@@ -125,6 +129,7 @@ class Tally:
                 f"{self.name}: told of {count} missed at {self.position}, but resumes at {resume}"
             )
         report.missed += count
+        self.missed += count
         self.position = max(self.position, resume)
 
     def message(self, message: Any) -> None:
@@ -221,6 +226,7 @@ class Run:
                 content = f"cc{index}-{i}"
                 message = Message(sender=f"cc{index}", content=content, room=room, client_msg_id=content)
                 for _ in range(200):
+                    self.ledger.attempts[room] += 1
                     try:
                         seq = await client.publish(message)
                     except ChatError:  # cut, timed out, broker away, node restarting: the same id again
@@ -243,8 +249,10 @@ class Run:
         try:
             async with asyncio.timeout(self.seconds + 60):
                 while line := await proc.stdout.readline():
+                    self.ledger.attempts[room] += 1
                     seq, content = line.decode().rstrip("\n").split("\t")
-                    self.ledger.ack(room, int(seq), content)
+                    if seq != "retry":
+                        self.ledger.ack(room, int(seq), content)
                 if await proc.wait() != 0:
                     self.ledger.violate(f"the Apache publisher exited with {proc.returncode}")
         finally:
@@ -253,6 +261,12 @@ class Run:
                 await proc.wait()
 
     # -- subscribers -----------------------------------------------------------------------------
+
+    def _check_missed(self, tally: Tally) -> None:
+        """At the end: a subscriber told of more missed than its room had publish attempts was told wrong."""
+        attempts = self.ledger.attempts[tally.room]
+        if tally.missed > attempts:
+            self.ledger.violate(f"{tally.name}: told of {tally.missed} missed; its room had {attempts} publishes")
 
     def _done(self, tally: Tally) -> bool:
         return self.publishing_over.is_set() and tally.position > self.ledger.end_of(tally.room)
@@ -272,6 +286,7 @@ class Run:
                     if not self.publishing_over.is_set():
                         napped = await self._dawdle(nap, napped)
                 self.report.reconnects += stream.reconnects
+                self._check_missed(tally)
 
     async def _until_drained(self, stream: Any, tally: Tally, drained: asyncio.Event) -> AsyncIterator[Any]:
         deadline: float | None = None
@@ -345,6 +360,8 @@ class Run:
         finally:
             if conn is not None:
                 conn[0].transport.abort()
+            if tally is not None:
+                self._check_missed(tally)
             drained.set()
 
     # -- chaos -----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A publisher on Apache Thrift's own Python library, for the stress run: it publishes with a
 client_msg_id, and after a cut connection reconnects and retries the same id, as the README tells
-client authors to. Prints one line per acknowledged publish: `seq<TAB>content`.
+client authors to. Prints one line per acknowledged publish, `seq<TAB>content`, and one per failed
+attempt, `retry<TAB>content` (a retry may store the message once more, after a flush).
 
 Usage: python stress_apache_publisher.py GEN_PY_DIR PORT ROOM SECONDS TAG
 """
@@ -42,8 +43,10 @@ def main() -> None:
                     client, transport = connect(port)
                 seq = client.publish(message)
             except ttypes.ChatError:  # UNAVAILABLE or RATE_LIMITED: the same id again, a little later
+                print(f"retry\t{content}", flush=True)
                 time.sleep(0.02)
             except (TException, OSError):  # cut, maybe after it was stored: reconnect, same id
+                print(f"retry\t{content}", flush=True)
                 if transport is not None:
                     transport.close()
                 client = transport = None

@@ -130,7 +130,8 @@ async def test_a_call_made_of_many_small_pieces_is_cut_at_the_limit(
     make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await make_server(max_call_bytes=20_000, max_content_bytes=1000)
-    unknown_fields = b"".join(b"\x08" + struct.pack(">hi", 100 + i % 1000, i) for i in range(4000))  # 28 KB
+    # 700 pieces of 47 bytes (33 KB): the byte limit cuts it at about 425, before the 1,000-value skip budget.
+    unknown_fields = b"".join(b"\x0b" + struct.pack(">hi", 100 + i, 40) + b"x" * 40 for i in range(700))
     reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
     try:
         writer.write(_publish_call(unknown_fields))

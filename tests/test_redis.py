@@ -429,3 +429,28 @@ async def test_a_node_started_after_a_flush_reuses_no_seq(redis: RedisProcess, n
     async with ChatClient(LOOPBACK, c.port) as on_c:
         seq = await publish_until_accepted(on_c, Message(sender="c", content="first after", room="n"))
     assert seq > max(acked)
+
+
+async def test_a_room_opened_by_a_subscriber_after_a_flush_is_a_renumbering_not_a_made_up_loss(
+    redis: RedisProcess, nodes: Nodes
+) -> None:
+    """After a flush, a subscriber on another node opens the room at a floor above the new epoch's. The
+    first message after must reach the old subscriber as a renumbering with nothing missed, not as the
+    tens of thousands of seqs between the two floors (which the stress run once counted as missed)."""
+    a, b = await nodes(2)
+    async with (
+        aioredis.Redis.from_url(redis.url) as probe,
+        ChatClient(LOOPBACK, a.port) as on_a,
+        ChatClient(LOOPBACK, b.port) as on_b,
+        on_a.subscribe("x", wait_ms=500) as old,
+    ):
+        for i in range(3):
+            await on_a.publish(Message(sender="s", content=f"before {i}", room="x"))
+        await collect(old, 3)
+        await probe.flushall()
+        await publish_until_accepted(on_b, Message(sender="s", content="elsewhere", room="y"))  # a new epoch
+        await on_b.create_subscription("x", 0)  # opens the room's counter above the new epoch's floor
+        seq = await on_b.publish(Message(sender="s", content="after", room="x"))
+        after, missed, jumps = await collect_noting_jumps(old, until_seq=seq)
+    assert [(m.seq, m.content) for m in after] == [(seq, "after")]
+    assert (missed, jumps) == (0, 1)

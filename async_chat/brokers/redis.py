@@ -3,6 +3,7 @@
 Layout in Redis, per room R (all keys under `async_chat:`):
     room:{R}:seq     the room's counter (a string holding the last seq issued)
     room:{R}:log     a Stream of the room's messages, entry id `<seq>-0`, capped at MAXLEN
+    room:{R}:run     while a counter opened by a subscriber awaits its first message: the floor it opened at
     dedup:...        one key per (room, sender, client_msg_id) holding its seq, expiring after dedup_ttl
     epoch            a hash {id, resume_at}: which incarnation of the data this is
 
@@ -116,6 +117,12 @@ if seq <= low then
   seq = low + 1
   run = low  -- the first of a numbering run: readers learn the floor it jumped to
 end
+local opened = redis.call('GET', KEYS[5])
+if opened then
+  -- the counter was opened at a floor by a subscriber (the open script): this is that run's first entry
+  if not run then run = tonumber(opened) end
+  redis.call('DEL', KEYS[5])
+end
 if seq > cap then return {'WAIT', 1} end
 if seq ~= tonumber(redis.call('GET', KEYS[2])) then redis.call('SET', KEYS[2], seq) end
 local fields = {'s', ARGV[2], 'c', ARGV[3], 't', now}
@@ -134,9 +141,9 @@ redis.call('PEXPIRE', KEYS[3], ARGV[7])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[6]) end
 return {'OK', seq, now}
 """
-"""KEYS: epoch, seq, log, dedup key or ''. ARGV: epoch id, sender, content, client_msg_id, maxlen, dedup
-ttl ms, room ttl ms. Replies OK seq now | DUP seq | WAIT ms (the bound: only in an epoch's first millisecond) | EPOCH
-(this node's epoch is not Redis's: it must resync)."""
+"""KEYS: epoch, seq, log, dedup key or '', run marker. ARGV: epoch id, sender, content, client_msg_id,
+maxlen, dedup ttl ms, room ttl ms. Replies OK seq now | DUP seq | WAIT ms (the bound: only in an epoch's
+first millisecond) | EPOCH (this node's epoch is not Redis's: it must resync)."""
 
 _OPEN = _NOW + """
 local last = redis.call('GET', KEYS[2])
@@ -146,11 +153,14 @@ if not last then
   last = cap - per_ms
   if low > last then last = low end
   redis.call('SET', KEYS[2], last, 'PX', ARGV[1])
+  redis.call('SET', KEYS[3], last, 'PX', ARGV[1])
 end
 return tonumber(last)
 """
-"""KEYS: epoch, seq. ARGV: room ttl ms. The room's last seq, opening its counter if it has none, so that a
-subscriber waiting for a new room's first message sees it follow on, not jump."""
+"""KEYS: epoch, seq, run marker. ARGV: room ttl ms. The room's last seq, opening its counter if it has
+none, so that a subscriber waiting for a new room's first message sees it follow on, not jump. The run
+marker makes that first message carry the floor (`f`), so that subscribers who were further back (on
+other servers) are told of a renumbering, not of millions of messages missed."""
 
 _EPOCH = _NOW + """
 local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'floor')
@@ -166,6 +176,10 @@ the highest seq that could have been issued until now."""
 
 def _seq_key(room: str) -> str:
     return f"{PREFIX}room:{{{room}}}:seq"
+
+
+def _run_key(room: str) -> str:
+    return f"{PREFIX}room:{{{room}}}:run"
 
 
 def _log_key(room: str) -> str:
@@ -274,7 +288,8 @@ class RedisBroker(Broker):
                 self._epoch or "", message.sender, message.content, message.client_msg_id or "",
                 self._maxlen, self._dedup_ttl_ms, self._room_ttl_ms,
             ]
-            reply = await self._call(self._queue_publish([EPOCH_KEY, _seq_key(room), _log_key(room), dedup, *args]))
+            keys = [EPOCH_KEY, _seq_key(room), _log_key(room), dedup, _run_key(room)]
+            reply = await self._call(self._queue_publish([*keys, *args]))
             status = reply[0]
             if status == "OK":
                 message.seq, message.sent_at_ms = int(reply[1]), int(reply[2])
@@ -328,7 +343,7 @@ class RedisBroker(Broker):
         for _attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    pipe.evalsha(self._publish.sha, 4, *calls[i])
+                    pipe.evalsha(self._publish.sha, 5, *calls[i])
                 for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
                     replies[i] = reply
             todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
@@ -365,7 +380,7 @@ class RedisBroker(Broker):
         return [m for m in messages if m.seq >= oldest_kept]
 
     async def next_seq(self, room: str) -> int:
-        opening = self._open(keys=[EPOCH_KEY, _seq_key(room)], args=[self._room_ttl_ms])
+        opening = self._open(keys=[EPOCH_KEY, _seq_key(room), _run_key(room)], args=[self._room_ttl_ms])
         last = int(await self._call(opening))
         return max(last, self._floor) + 1  # a room not yet written in this epoch starts above its floor
 
