@@ -274,7 +274,18 @@ class Run:
     async def _stream_subscriber(self, room: str, proxy: Proxy, drained: asyncio.Event, nap: bool) -> None:
         name = f"stream:{room}" + (":napper" if nap else "")
         async with ChatClient(LOOPBACK, proxy.port, timeout=3) as client:
-            stream = client.subscribe(room, max_messages=self.rng.choice((5, 50)), wait_ms=500)
+            for _ in range(100):  # entering subscribes, and raises if that is cut: an app retries it
+                stream = client.subscribe(room, max_messages=self.rng.choice((5, 50)), wait_ms=500)
+                try:
+                    await stream.__aenter__()
+                    break
+                except ChatError:
+                    self.report.reconnects += 1
+                    await asyncio.sleep(0.05)  # a retry pace
+            else:
+                self.ledger.violate(f"{name}: could not subscribe in 100 tries")
+                drained.set()
+                return
             async with stream:
                 tally = Tally(name, room, self.ledger, stream.next_seq)
                 napped = time.monotonic()
