@@ -4,6 +4,7 @@ Layout in Redis, per room R (all keys under `async_chat:`):
     room:{R}:seq     the room's counter (a string holding the last seq issued)
     room:{R}:log     a Stream of the room's messages, entry id `<seq>-0`, capped at MAXLEN
     room:{R}:run     while a counter opened by a subscriber awaits its first message: the floor it opened at
+    room:{R}:floor   the floor the room's current numbering run began above (readers learn it here too)
     dedup:...        one key per (room, sender, client_msg_id) holding its seq, expiring after dedup_ttl
     epoch            a hash {id, resume_at}: which incarnation of the data this is
 
@@ -123,6 +124,7 @@ if opened then
   if not run then run = tonumber(opened) end
   redis.call('DEL', KEYS[5])
 end
+if run then redis.call('SET', KEYS[6], run, 'PX', ARGV[7]) else redis.call('PEXPIRE', KEYS[6], ARGV[7]) end
 if seq > cap then return {'WAIT', 1} end
 if seq ~= tonumber(redis.call('GET', KEYS[2])) then redis.call('SET', KEYS[2], seq) end
 local fields = {'s', ARGV[2], 'c', ARGV[3], 't', now}
@@ -141,7 +143,7 @@ redis.call('PEXPIRE', KEYS[3], ARGV[7])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], seq, 'PX', ARGV[6]) end
 return {'OK', seq, now}
 """
-"""KEYS: epoch, seq, log, dedup key or '', run marker. ARGV: epoch id, sender, content, client_msg_id,
+"""KEYS: epoch, seq, log, dedup key or '', run marker, floor. ARGV: epoch id, sender, content, client_msg_id,
 maxlen, dedup ttl ms, room ttl ms. Replies OK seq now | DUP seq | WAIT ms (the bound: only in an epoch's
 first millisecond) | EPOCH (this node's epoch is not Redis's: it must resync)."""
 
@@ -154,13 +156,15 @@ if not last then
   if low > last then last = low end
   redis.call('SET', KEYS[2], last, 'PX', ARGV[1])
   redis.call('SET', KEYS[3], last, 'PX', ARGV[1])
+  redis.call('SET', KEYS[4], last, 'PX', ARGV[1])
 end
-return tonumber(last)
+return {tonumber(last), tonumber(redis.call('GET', KEYS[4]) or '0')}
 """
-"""KEYS: epoch, seq, run marker. ARGV: room ttl ms. The room's last seq, opening its counter if it has
-none, so that a subscriber waiting for a new room's first message sees it follow on, not jump. The run
-marker makes that first message carry the floor (`f`), so that subscribers who were further back (on
-other servers) are told of a renumbering, not of millions of messages missed."""
+"""KEYS: epoch, seq, run marker, floor. ARGV: room ttl ms. The room's last seq and the floor its current
+numbering run began above, opening its counter if it has none, so that a subscriber waiting for a new
+room's first message sees it follow on, not jump. The run marker makes that first message carry the floor
+(`f`), and the floor key keeps it for any server that reads the room later, so that subscribers further
+back are told of a renumbering, not of millions of messages missed."""
 
 _EPOCH = _NOW + """
 local e = redis.call('HMGET', KEYS[1], 'id', 'run', 'floor')
@@ -176,6 +180,10 @@ the highest seq that could have been issued until now."""
 
 def _seq_key(room: str) -> str:
     return f"{PREFIX}room:{{{room}}}:seq"
+
+
+def _floor_key(room: str) -> str:
+    return f"{PREFIX}room:{{{room}}}:floor"
 
 
 def _run_key(room: str) -> str:
@@ -288,7 +296,7 @@ class RedisBroker(Broker):
                 self._epoch or "", message.sender, message.content, message.client_msg_id or "",
                 self._maxlen, self._dedup_ttl_ms, self._room_ttl_ms,
             ]
-            keys = [EPOCH_KEY, _seq_key(room), _log_key(room), dedup, _run_key(room)]
+            keys = [EPOCH_KEY, _seq_key(room), _log_key(room), dedup, _run_key(room), _floor_key(room)]
             reply = await self._call(self._queue_publish([*keys, *args]))
             status = reply[0]
             if status == "OK":
@@ -343,7 +351,7 @@ class RedisBroker(Broker):
         for _attempt in range(2):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for i in todo:
-                    pipe.evalsha(self._publish.sha, 5, *calls[i])
+                    pipe.evalsha(self._publish.sha, 6, *calls[i])
                 for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
                     replies[i] = reply
             todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
@@ -374,14 +382,20 @@ class RedisBroker(Broker):
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.get(_seq_key(room))
             pipe.xrange(_log_key(room), min=f"{max(from_seq, 1)}-0", max="+", count=limit)
-            last, entries = await self._call(pipe.execute())
+            pipe.get(_floor_key(room))
+            last, entries, floor = await self._call(pipe.execute())
+        if floor:
+            self._learn_room_floor(room, int(floor))
         oldest_kept = int(last or 0) - self._history + 1
         messages = [self._message(room, entry_id, fields) for entry_id, fields in entries]
         return [m for m in messages if m.seq >= oldest_kept]
 
     async def next_seq(self, room: str) -> int:
-        opening = self._open(keys=[EPOCH_KEY, _seq_key(room), _run_key(room)], args=[self._room_ttl_ms])
-        last = int(await self._call(opening))
+        keys = [EPOCH_KEY, _seq_key(room), _run_key(room), _floor_key(room)]
+        last, floor = await self._call(self._open(keys=keys, args=[self._room_ttl_ms]))
+        if floor:
+            self._learn_room_floor(room, int(floor))  # whether or not this node saw the run's first entry
+        last = int(last)
         return max(last, self._floor) + 1  # a room not yet written in this epoch starts above its floor
 
     def renumbered(self, room: str, start: int, end: int) -> int | None:
@@ -455,8 +469,8 @@ class RedisBroker(Broker):
         self._refreshed = time.monotonic()
         async with conn.pipeline(transaction=False) as pipe:
             for room in self._watched:
-                pipe.pexpire(_seq_key(room), self._room_ttl_ms)
-                pipe.pexpire(_log_key(room), self._room_ttl_ms)
+                for key in (_seq_key(room), _log_key(room), _floor_key(room)):
+                    pipe.pexpire(key, self._room_ttl_ms)
             await pipe.execute()
 
     def _deliver_entry(self, room: str, entry_id: str, fields: dict[str, str]) -> None:
