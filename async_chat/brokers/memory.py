@@ -36,6 +36,11 @@ ROOM_OVERHEAD = 1200
 the room table. Measured with tracemalloc: 1,115 bytes."""
 
 
+def _dedup_size(key: tuple[str, str]) -> int:
+    """What a dedup record of (sender, client_msg_id) costs, counted when it is kept and when it goes."""
+    return DEDUP_OVERHEAD + text_size(key[0]) + text_size(key[1])
+
+
 class _Room:
     __slots__ = ("bytes", "dedup", "history", "last_used", "name", "next_seq", "sizes")
 
@@ -124,7 +129,7 @@ class MemoryBroker(Broker):
             self.bytes += size
         if key is not None:
             room.dedup[key] = seq
-            self._charge(room, DEDUP_OVERHEAD + text_size(key[0]) + text_size(key[1]))
+            self._charge(room, _dedup_size(key))
             if len(room.dedup) > self._dedup_window:
                 self._drop_dedup(room)
         if self.bytes > self.max_memory:
@@ -203,8 +208,8 @@ class MemoryBroker(Broker):
             self.forgotten += 1
 
     def _drop_dedup(self, room: _Room) -> None:
-        (sender, msg_id), _seq = room.dedup.popitem(last=False)
-        self._charge(room, -(DEDUP_OVERHEAD + text_size(sender) + text_size(msg_id)))
+        key, _seq = room.dedup.popitem(last=False)
+        self._charge(room, -_dedup_size(key))
 
     def _charge(self, room: _Room, size: int) -> None:
         room.bytes += size
