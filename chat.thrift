@@ -141,6 +141,11 @@ struct ServerStats {
     11: double uptime_s,
     /** The rooms with the most subscribers, at most as many as asked for. */
     12: list<RoomStats> top_rooms,
+    /**
+     * Bytes this server's store takes: the memory broker's history, dedup records and rooms as counted
+     * against --max-memory, or the SQLite file with its WAL on disk. Unset for Redis (shared: ask Redis).
+     */
+    13: optional i64 broker_bytes,
 }
 
 service ChatService {

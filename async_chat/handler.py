@@ -145,6 +145,7 @@ class ChatHandler:
             broker=redact(self.settings.broker),
             uptime_s=time.monotonic() - self._started,
             top_rooms=hub.room_stats(max_rooms),
+            broker_bytes=hub.broker.store_bytes(),
         )
 
     # -- validation ---------------------------------------------------------------------------

@@ -109,6 +109,12 @@ class _StateCollector(Collector):
         yield counter("subscriptions_evicted", "Subscriptions ended because their queue was full"
                       " (--overflow drop-subscription).", hub.evicted_total)
         yield gauge("broker_up", "1 if the broker is reachable, else 0.", 1 if broker.up else 0)
+        stored = broker.store_bytes()
+        if stored is not None:
+            yield gauge(
+                "broker_store_bytes", "Bytes the broker's store takes (memory counted, or the SQLite file and WAL).",
+                stored,
+            )
         yield counter("broker_errors", "Broker calls that failed (answered UNAVAILABLE).", broker.errors)
         yield counter("broker_outages", "Times the broker became unreachable.", broker.outages)
         yield counter("broker_reconnects", "Reconnection attempts to the broker.", broker.reconnects)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from . import logs, wire
 from .brokers import SCHEMES
+from .brokers.sqlite import parse_url as sqlite_url
 from .errors import InvalidRequest
 from .hub import OVERFLOW_POLICIES
 
@@ -35,6 +36,7 @@ class Settings:
     transport: str = wire.AUTO
     protocol: str = wire.AUTO
     history: int = 1000
+    history_ttl: float = 0.0
     queue_size: int = 1000
     queue_bytes: int = 256 * 1024
     overflow: str = "drop-oldest"
@@ -73,6 +75,11 @@ class Settings:
             problems.append(f"port must be 0..65535, not {self.port}")
         if urlsplit(self.broker).scheme not in SCHEMES:
             problems.append(f"broker must be a URL of {', '.join(s + '://' for s in SCHEMES)}, not {self.broker!r}")
+        elif urlsplit(self.broker).scheme == "sqlite":
+            try:
+                sqlite_url(self.broker)
+            except InvalidRequest as exc:
+                problems.append(exc.reason)
         if self.transport not in TRANSPORTS:
             problems.append(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
         if self.protocol not in PROTOCOLS:
@@ -110,6 +117,8 @@ class Settings:
             )
         if self.history < 0:
             problems.append("history must be 0 or more")
+        if self.history_ttl < 0:
+            problems.append("history-ttl must be 0 (off) or more")
         if self.max_poll_wait_ms < 0:
             problems.append("max-poll-wait-ms must be 0 or more")
         if self.max_memory < 1 << 20:
@@ -163,12 +172,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("port", "TCP port to listen on; 0 picks a free one (the start-up log line says which)"),
     Option(
         "broker",
-        "where rooms live: memory:// (this process only), or redis://[:password@]host:port/db (rediss:// for TLS)"
-        " shared by every server on that Redis",
+        "where rooms live: memory:// (this process, gone when it stops); sqlite:///chat.db (a file that keeps"
+        " seqs, history and dedup across restarts; four slashes for an absolute path; ?synchronous=full to"
+        " survive power loss); or redis://[:password@]host:port/db (rediss:// for TLS), shared by every"
+        " server on that Redis",
     ),
     Option("transport", "Thrift transport clients may use; auto tells each connection's own", TRANSPORTS),
     Option("protocol", "Thrift protocol clients may use; auto takes binary (strict or not) and compact", PROTOCOLS),
     Option("history", "messages each room retains for replay and history(); 0 keeps none"),
+    Option(
+        "history_ttl",
+        "seconds a message stays in history (SQLite broker), however few newer ones there are; 0: no age limit",
+    ),
     Option(
         "queue_size",
         "messages buffered per subscription; past it the oldest is dropped (read back from history if it still"
@@ -203,7 +218,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections_per_address", "client connections open at once from one IP address; more are closed"),
     Option(
         "max_rooms",
-        "rooms the memory broker keeps; a new one past it forgets the least recently used room without a"
+        "rooms the memory or SQLite broker keeps; a new one past it forgets the least recently used room without a"
         " subscriber (refused UNAVAILABLE only when every room has one)",
     ),
     Option(
@@ -213,12 +228,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "room_ttl",
-        "seconds a room without a subscriber and without a publish is kept: forgotten (memory) or expired"
-        " (every Redis key of the room) after it",
+        "seconds a room without a subscriber and without a publish is kept: forgotten (memory, SQLite) or"
+        " expired (every Redis key of the room) after it",
     ),
     Option("dedup_window", "client_msg_ids the memory broker remembers per room, to store a retried send once"),
-    Option("dedup_ttl", "seconds the Redis broker remembers a client_msg_id, to store a retried send once"),
-    Option("broker_timeout", "seconds a Redis call may take before the call fails UNAVAILABLE (never a hang)"),
+    Option("dedup_ttl", "seconds the Redis and SQLite brokers remember a client_msg_id, to store a retried send once"),
+    Option(
+        "broker_timeout",
+        "seconds a Redis call or a SQLite commit may take before the call fails UNAVAILABLE (never a hang)",
+    ),
     Option("publish_rate", "publishes per second each connection may sustain (RATE_LIMITED beyond); 0: unlimited"),
     Option("publish_burst", "publishes a connection may make at once before --publish-rate applies"),
     Option("drain_timeout", "seconds a graceful shutdown waits for calls in flight"),

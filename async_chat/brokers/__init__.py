@@ -1,7 +1,7 @@
 """Brokers: where messages get their seq, where history lives, and how messages reach every node's hub.
 
-A broker is chosen by URL (`memory://`, `redis://`, `rediss://`) and imported only when asked for, so
-the default install needs no Redis client. The hub is the broker's only caller: it publishes through
+A broker is chosen by URL (`memory://`, `sqlite:///file.db`, `redis://`, `rediss://`) and imported only
+when asked for, so the default install needs no Redis client. The hub is the broker's only caller: it publishes through
 `publish`, reads `history` and `next_seq` for replays, says which rooms it has subscribers in (`watch`,
 `unwatch`), and receives every stored message of a watched room (from any node) through the `deliver`
 callback, per room in increasing seq order. A seq the broker could not deliver (lost with a failed
@@ -20,7 +20,7 @@ from ..errors import InvalidRequest
 if TYPE_CHECKING:
     from ..settings import Settings
 
-SCHEMES = ("memory", "redis", "rediss")
+SCHEMES = ("memory", "sqlite", "redis", "rediss")
 """The broker URL schemes this version knows."""
 
 Deliver = Callable[[Any], None]
@@ -72,6 +72,10 @@ class Broker(abc.ABC):
     def unwatch(self, room: str) -> None:  # noqa: B027 - optional, as watch
         """This node has no subscriber left in `room`: its messages need not be delivered any more."""
 
+    def store_bytes(self) -> int | None:
+        """Bytes this server's store takes now (memory counted, or a file on disk); None for a shared one."""
+        return None
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Stop delivering and release what the broker holds."""
@@ -98,6 +102,18 @@ def open_broker(settings: Settings) -> Broker:
             max_rooms=settings.max_rooms,
             max_memory=settings.max_memory,
             room_ttl=settings.room_ttl,
+        )
+    if scheme == "sqlite":
+        from .sqlite import SqliteBroker
+
+        return SqliteBroker(
+            url,
+            history=settings.history,
+            history_ttl=settings.history_ttl,
+            dedup_ttl=settings.dedup_ttl,
+            max_rooms=settings.max_rooms,
+            room_ttl=settings.room_ttl,
+            timeout=settings.broker_timeout,
         )
     if scheme in ("redis", "rediss"):
         from .redis import RedisBroker

@@ -150,6 +150,9 @@ class MemoryBroker(Broker):
         state = self._rooms.get(room)
         return 1 if state is None else state.next_seq
 
+    def store_bytes(self) -> int | None:
+        return self.bytes
+
     async def aclose(self) -> None:
         self._deliver = None
 
