@@ -10,7 +10,7 @@ from typing import Any
 
 import uvloop
 
-from . import charts, fanout, harness, latency, memory, metrics_cost, redis_broker, throughput
+from . import charts, durable, fanout, harness, latency, memory, metrics_cost, redis_broker, throughput
 
 SCENARIOS: dict[str, Any] = {
     "throughput": throughput,
@@ -18,6 +18,7 @@ SCENARIOS: dict[str, Any] = {
     "fanout": fanout,
     "memory": memory,
     "redis": redis_broker,
+    "durable": durable,
     "metrics": metrics_cost,
 }
 """Each has `Parameters` (with `short()`) and `run`; those with `steps` drive the progress bar themselves."""

@@ -152,6 +152,9 @@ def tables(doc: dict[str, Any], connections: int | None = None) -> str:
                        f" {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['missed']:.0f} | {f['errors']:.0f} |"
                        f" {f['load_cpu_share']:.2f} |")
         out.append("")
+    durable = _scenario(doc, "durable")
+    if durable:
+        out += durable_table(durable)
     memory = _scenario(doc, "memory")
     if memory:
         f = memory["summary"]["idle"]
@@ -168,3 +171,22 @@ if __name__ == "__main__":
     for path in draw(document, source.parent):
         print(f"drew {path}", file=sys.stderr)
     print(tables(document))
+
+
+def durable_table(report: dict[str, Any]) -> list[str]:
+    """One row per broker per round (never medians that mix rounds), with its ratio to memory in that round."""
+    out = ["| round | broker | publishes/s | ratio to memory | p99 ms | at half rate /s | answered /s |"
+           " p50 ms | p99 ms | p99.9 ms | server CPU | errors |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for index, figures in enumerate(report["rounds"], 1):
+        reference = figures.get("memory", {}).get("publishes_per_s")
+        for name, f in figures.items():
+            ratio = f"{f['publishes_per_s'] / reference:.2f}" if reference else "-"
+            out.append(
+                f"| {index} | {name} | {f['publishes_per_s']:,.0f} | {ratio} | {f['p99_ms']:.2f} |"
+                f" {f['half_rate_per_s']:,.0f} | {f['half_rate_answered_per_s']:,.0f} | {f['half_rate_p50_ms']:.2f} |"
+                f" {f['half_rate_p99_ms']:.2f} | {f['half_rate_p999_ms']:.2f} | {f['server_cpu_share']:.2f} |"
+                f" {f['errors']:.0f} |"
+            )
+    out.append("")
+    return out

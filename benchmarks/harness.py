@@ -46,6 +46,7 @@ def machine() -> dict[str, Any]:
     except (OSError, IndexError):
         redis_version = None
     return {
+        **_commit(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "os": platform.platform(),
@@ -54,6 +55,18 @@ def machine() -> dict[str, Any]:
         "redis_server": redis_version,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
+
+
+def _commit() -> dict[str, Any]:
+    """Which code made the figures: the commit, and whether the work tree differed from it."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "HEAD").strip() or None
+    return {"commit": commit, "clean": commit is not None and not git("status", "--porcelain", "--", "async_chat",
+                                                                    "benchmarks", "pyproject.toml").strip()}
 
 
 async def closed_loop(call: Callable[[int], Awaitable[object]], tasks: int, seconds: float) -> tuple[int, int, float]:

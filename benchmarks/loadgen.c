@@ -1,11 +1,14 @@
 /*
  * The benchmarks' load generator: closed-loop Thrift calls over N connections, one process, epoll.
+ * With RATE, each connection instead sends its next call when it is due (RATE calls a second in all,
+ * spread evenly), or at once if it is behind: latency then counts from when the call was due, so a server
+ * that falls behind cannot hide its queue (constant throughput, as wrk2 measures).
  *
  * Every connection sends the same request bytes, waits for the whole reply, checks it is byte for byte
  * the expected reply, records the round trip, and sends again. Built by benchmarks/loadgen.py with the
  * system's C compiler on first use; a Python version of the same loop is the fallback.
  *
- *   loadgen HOST PORT CONNECTIONS WARMUP_S SECONDS REQUEST_HEX REPLY_HEX
+ *   loadgen HOST PORT CONNECTIONS WARMUP_S SECONDS REQUEST_HEX REPLY_HEX [RATE]
  *
  * Prints one JSON object: calls, errors, seconds, latency percentiles (microseconds), its own CPU time.
  * A reply that differs from the expected one is an error; its connection is closed and opened again.
@@ -24,6 +27,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "loadgen.h"
@@ -36,6 +40,8 @@ typedef struct {
     size_t got;       /* bytes of the reply read */
     uint64_t started; /* when the request was first written, ns */
     int counted;      /* whether this call started after the warm-up */
+    uint64_t due;     /* with RATE: when its next call is due, ns */
+    int pending;      /* with RATE: idle until `due` */
 } conn_t;
 
 static unsigned char *request, *reply;
@@ -45,6 +51,7 @@ static int epfd;
 static uint64_t *samples;
 static size_t nsamples;
 static uint64_t calls, errors, reconnects;
+static double interval; /* with RATE: ns between one connection's calls; 0: closed loop */
 
 static int open_conn(conn_t *c) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -64,7 +71,8 @@ static int open_conn(conn_t *c) {
 
 static void start_call(conn_t *c, uint64_t warm_until) {
     c->sent = c->got = 0;
-    c->started = now_ns();
+    c->pending = 0;
+    c->started = interval > 0 ? c->due : now_ns();
     c->counted = c->started >= warm_until;
     ssize_t n = write(c->fd, request, request_len);
     if (n > 0) c->sent = (size_t)n;
@@ -95,8 +103,8 @@ static double pct(double q) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 8) {
-        fprintf(stderr, "usage: loadgen HOST PORT CONNECTIONS WARMUP_S SECONDS REQUEST_HEX REPLY_HEX\n");
+    if (argc != 8 && argc != 9) {
+        fprintf(stderr, "usage: loadgen HOST PORT CONNECTIONS WARMUP_S SECONDS REQUEST_HEX REPLY_HEX [RATE]\n");
         return 2;
     }
     addr.sin_family = AF_INET;
@@ -119,17 +127,42 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
+    double rate = argc == 9 ? atof(argv[8]) : 0;
+    interval = rate > 0 ? (double)nconn * 1e9 / rate : 0;
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    struct epoll_event tev = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, tfd, &tev);
     uint64_t t0 = now_ns();
     uint64_t warm_until = t0 + (uint64_t)(warmup * 1e9);
     uint64_t end = warm_until + (uint64_t)(seconds * 1e9);
-    for (int i = 0; i < nconn; i++) start_call(&conns[i], warm_until);
+    for (int i = 0; i < nconn; i++) {
+        conns[i].due = t0 + (uint64_t)(interval * i / nconn);
+        if (interval > 0) conns[i].pending = 1;
+        else start_call(&conns[i], warm_until);
+    }
     struct epoll_event events[512];
     uint64_t now = t0;
     while (now < end) {
+        if (interval > 0) { /* send what is due; wake for the next one due */
+            uint64_t next = end;
+            for (int i = 0; i < nconn; i++) {
+                if (!conns[i].pending || conns[i].fd < 0) continue;
+                if (conns[i].due <= now) start_call(&conns[i], warm_until);
+                else if (conns[i].due < next) next = conns[i].due;
+            }
+            struct itimerspec when = {.it_value = {.tv_sec = (time_t)(next / 1000000000ull),
+                                                   .tv_nsec = (long)(next % 1000000000ull)}};
+            timerfd_settime(tfd, TFD_TIMER_ABSTIME, &when, NULL);
+        }
         int n = epoll_wait(epfd, events, 512, 50);
         now = now_ns();
         for (int e = 0; e < n; e++) {
             conn_t *c = events[e].data.ptr;
+            if (c == NULL) { /* the timer: what is due goes out at the top of the loop */
+                uint64_t expirations;
+                if (read(tfd, &expirations, sizeof expirations) < 0 && errno != EAGAIN) return 1;
+                continue;
+            }
             if (events[e].events & EPOLLOUT && c->sent < request_len) {
                 ssize_t w = write(c->fd, request + c->sent, request_len - c->sent);
                 if (w > 0) c->sent += (size_t)w;
@@ -158,7 +191,14 @@ int main(int argc, char **argv) {
                 calls++;
                 if (nsamples < MAX_SAMPLES) samples[nsamples++] = now - c->started;
             }
-            start_call(c, warm_until);
+            if (interval > 0) {
+                c->due += (uint64_t)interval;
+                c->got = 0;
+                if (c->due <= now) start_call(c, warm_until); /* behind: at once, its wait still counts */
+                else c->pending = 1;
+            } else {
+                start_call(c, warm_until);
+            }
         }
     }
     int waiting = 0; /* connections whose call was never answered during the measured time */

@@ -59,6 +59,9 @@ class Load:
     reply: bytes
     warmup: float
     seconds: float
+    rate: float = 0.0
+    """Calls a second in all, each connection sending when its next call is due (latency counts from then);
+    0: closed loop. Only the C generator keeps a rate."""
 
 
 def run(load: Load, *, use_c: bool = True, client: tuple[str, str] | None = None) -> dict[str, float]:
@@ -73,7 +76,11 @@ def run(load: Load, *, use_c: bool = True, client: tuple[str, str] | None = None
     elif binary is not None:
         argv = [str(binary), "127.0.0.1", str(load.port), str(load.connections), str(load.warmup),
                 str(load.seconds), load.request.hex(), load.reply.hex()]
+        if load.rate:
+            argv.append(str(load.rate))
         generator = "c"
+    elif load.rate:
+        raise RuntimeError("a load at a fixed rate needs the C load generator, and so a C compiler (cc or gcc)")
     else:
         argv = [sys.executable, "-m", "benchmarks.loadgen", "127.0.0.1", str(load.port), str(load.connections),
                 str(load.warmup), str(load.seconds), load.request.hex(), load.reply.hex()]

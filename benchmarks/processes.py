@@ -95,7 +95,8 @@ def free_port() -> int:
 class RedisProcess:
     """A redis-server of the caller's own on loopback, which it may kill, freeze and restart.
 
-    `persistent`: an append-only file fsynced on every write, kept across restarts in `directory`;
+    `persistent`: an append-only file (fsynced on every write, or as `appendfsync` says), kept across restarts
+    in `directory`;
     otherwise nothing is saved and a restart comes back empty. `password` sets requirepass. `tls`:
     (certificate, key, CA) files: the server then speaks only TLS, and `url` is a rediss:// URL that
     trusts that CA.
@@ -106,6 +107,7 @@ class RedisProcess:
         directory: Path,
         *,
         persistent: bool,
+        appendfsync: str = "always",
         password: str | None = None,
         tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
@@ -113,6 +115,7 @@ class RedisProcess:
         if binary is None:
             raise RuntimeError("redis-server is missing: `make test` installs it (Debian package redis-server)")
         self.binary, self.directory, self.persistent = binary, directory, persistent
+        self.appendfsync = appendfsync
         self.password, self.tls = password, tls
         self.port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
@@ -125,7 +128,9 @@ class RedisProcess:
         return f"redis://{credentials}{LOOPBACK}:{self.port}/0"
 
     async def start(self) -> None:
-        options = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        options = (
+            ["--appendonly", "yes", "--appendfsync", self.appendfsync] if self.persistent else ["--appendonly", "no"]
+        )
         if self.password:
             options += ["--requirepass", self.password]
         if self.tls:

@@ -27,10 +27,11 @@ async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
         _out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     doc = json.loads(out.read_text())
-    assert {"cpu", "cores", "python", "versions", "redis_server"} <= doc["machine"].keys()
-    throughput, latency, fanout, memory, scenario, metrics = doc["scenarios"]
+    assert {"cpu", "cores", "python", "versions", "redis_server", "commit", "clean"} <= doc["machine"].keys()
+    assert len(doc["machine"]["commit"]) == 40  # the code the figures came from
+    throughput, latency, fanout, memory, scenario, durable, metrics = doc["scenarios"]
     names = [s["scenario"] for s in doc["scenarios"]]
-    assert names == ["throughput", "latency", "fanout", "memory", "redis", "metrics"]
+    assert names == ["throughput", "latency", "fanout", "memory", "redis", "durable", "metrics"]
     # every peer answered every call with the expected bytes, through the C load generator
     [figures] = throughput["rounds"]
     assert {name.rpartition("/")[2] for name in figures} == {
@@ -75,6 +76,14 @@ async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
             assert f["deliveries_per_s"] > 0
             assert f["latency_p99_ms"] >= f["latency_p50_ms"] > 0
     assert scenario["summary"]["memory"]["publishes_per_s_ratio_to_memory"] == 1.0
+    [figures] = durable["rounds"]
+    assert figures.keys() == {"memory", "sqlite", "sqlite-full", "redis-everysec"}
+    for name, f in figures.items():
+        assert f["errors"] == 0, (name, f)
+        assert f["publishes_per_s"] > 0
+        assert f["half_rate_answered_per_s"] > 0
+        assert f["half_rate_p999_ms"] >= f["half_rate_p99_ms"] >= f["half_rate_p50_ms"] > 0
+    assert "| 1 | sqlite |" in tables
     assert b"round 2/2" in err
     assert b"] 15/" in err
     for figures in metrics["rounds"]:
