@@ -11,8 +11,12 @@ NODE_EXAMPLE := examples/node
 
 .PHONY: run test lint typecheck pytest bench fuzz stress system-deps clean
 
+# `make run` keeps rooms in ./chat.db (the SQLite broker), so history survives its restarts;
+# `make run BROKER=memory://` keeps nothing. ARGS come last and win over it.
+BROKER ?= sqlite:///chat.db
+
 run: $(VENV)/.installed
-	$(BIN)/python -m async_chat.server $(ARGS)
+	$(BIN)/python -m async_chat.server --broker '$(BROKER)' $(ARGS)
 
 test: system-deps $(VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed lint typecheck pytest
 
