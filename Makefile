@@ -38,7 +38,7 @@ SECONDS ?= 600
 fuzz: $(VENV)/.installed
 	PYTHON=$(BIN)/python fuzz/run.sh $(SECONDS)
 
-# The self-checking stress run (tests/stress.py) for SECONDS per broker (memory, then Redis); prints its
+# The self-checking stress run (tests/stress.py) for SECONDS per broker (memory, SQLite, Redis); prints its
 # counts and fails on any message lost silently or seq issued twice. `make test` runs it briefly.
 stress: system-deps $(VENV)/.installed
 	$(BIN)/python -m tests.stress --seconds $(SECONDS)

@@ -4,7 +4,8 @@ Publishers and subscribers of every kind (ChatClient, thriftpy2's raw client in 
 Thrift's own Python library in a process of its own) talk to real server processes through a TCP proxy
 of ours that cuts connections at random points, in the middle of requests and replies. Queues are small
 so that they overflow, history short so that overflow sometimes outruns it, subscriptions expire under a
-subscriber that naps, and on Redis a node is killed and replaced, Redis is flushed and restarted.
+subscriber that naps; on Redis a node is killed and replaced, Redis is flushed and restarted; on SQLite
+the server is SIGKILLed and started again on the same file.
 
 Every subscriber checks what it receives as it goes: seqs strictly increasing, each message at exactly
 the position it expects, every gap announced at the gap (`missed`, or a renumbering after Redis lost
@@ -378,11 +379,14 @@ class Run:
     # -- chaos -----------------------------------------------------------------------------------
 
     async def _chaos(self) -> None:
-        """On Redis: every few seconds replace a node, freeze one, flush Redis or restart it."""
+        """On Redis: every few seconds replace a node (SIGKILL), freeze one, flush Redis or restart it. On
+        SQLite: SIGKILL the node and start it again on the same file, or freeze it."""
         deadline = time.monotonic() + self.seconds
-        actions = [self._replace_node, self._freeze_node, self._flush, self._restart_redis]
+        actions = [self._replace_node, self._freeze_node]
+        if self.redis is not None:
+            actions += [self._flush, self._restart_redis]
         turn = 0
-        while self.redis is not None and time.monotonic() + 3 < deadline:
+        while self.report.broker != "memory" and time.monotonic() + 3 < deadline:
             await asyncio.sleep(self.rng.uniform(1.5, 3.0))  # the chaos's own pace
             await actions[turn % len(actions)]()
             turn += 1
@@ -422,7 +426,9 @@ class Run:
     # -- nodes -----------------------------------------------------------------------------------
 
     async def _start_node(self) -> ServerProcess:
-        broker = self.redis.url if self.redis is not None else "memory://"
+        broker = {"memory": "memory://", "sqlite": f"sqlite:///{self.workdir / 'stress.db'}"}.get(
+            self.report.broker, self.redis.url if self.redis is not None else ""
+        )
         return await start_server("--broker", broker, *SERVER_FLAGS)
 
     async def _stats_of(self, node: ServerProcess) -> None:
@@ -444,6 +450,9 @@ class Run:
                 self.ledger.violate("a server logged an internal error: " + bugs[0])
 
 
+BROKERS = ("memory", "sqlite", "redis")
+
+
 def _generate_python(where: Path) -> Path:
     from .test_interop import generate
 
@@ -462,10 +471,10 @@ async def stress(broker: str, seconds: float, seed: int | None = None) -> Report
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stress", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="how long each broker's run lasts")
-    parser.add_argument("--broker", choices=("memory", "redis", "both"), default="both")
+    parser.add_argument("--broker", choices=(*BROKERS, "all"), default="all")
     parser.add_argument("--seed", type=int, default=None, help="repeat a run's random choices")
     args = parser.parse_args()
-    brokers = ("memory", "redis") if args.broker == "both" else (args.broker,)
+    brokers = BROKERS if args.broker == "all" else (args.broker,)
     failed = False
     for broker in brokers:
         report = asyncio.run(stress(broker, args.seconds, args.seed))

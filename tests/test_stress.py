@@ -25,6 +25,18 @@ async def test_stress_on_the_memory_broker_loses_nothing_silently() -> None:
     assert report.expired > 0  # the napper's subscription expired under it
 
 
+@pytest.mark.timeout(120)
+async def test_stress_on_sqlite_with_the_server_sigkilled_loses_nothing_and_renumbers_nothing() -> None:
+    report = await stress("sqlite", seconds=15)
+    assert report.violations == []
+    assert report.acked > 1000
+    assert report.cuts > 10
+    assert report.node_restarts >= 1  # SIGKILLed, and started again on the same file
+    assert report.node_freezes >= 1
+    assert report.resubscribes > 0  # the raw clients found their node gone and resumed from next_seq
+    assert report.renumbered == 0  # a SIGKILL loses nothing: numbering simply continues
+
+
 @pytest.mark.timeout(150)
 async def test_stress_on_redis_with_nodes_and_redis_failing_reuses_no_seq() -> None:
     report = await stress("redis", seconds=20)

@@ -4,13 +4,18 @@
 (absolute: four slashes), as SQLAlchemy spells it; `?synchronous=full` for the stricter durability below.
 
 Why it is built this way:
-- The standard library's `sqlite3` on one thread of its own (a single-worker executor), not aiosqlite:
-  aiosqlite is the same thing (a thread per connection, a queue of calls) behind an API we would wrap
-  anyway, and one thread owning the connection is what lets it batch. Every access to the file goes
-  through that thread, in order, so the event loop never waits on the disk.
+- The standard library's `sqlite3`, not aiosqlite (which is sqlite3 on a thread with a queue of calls):
+  the broker decides where each call runs. At synchronous=NORMAL a commit never waits for the disk (it
+  writes to the operating system's cache), so it runs on the event loop: a batch of 16 costs about
+  100 us, less than handing it to a thread did (thread switches, and two threads taking turns at the
+  GIL on a busy core). What may wait for the disk runs on the broker's thread: every commit at FULL,
+  retention passes, and checkpoints (on a second connection and thread of their own, beside the
+  writer, so that copying the WAL into the file never stops publishes). An asyncio lock lets one user
+  at a time at the writing connection.
 - Acknowledged means stored: a publish is answered, and its message delivered to subscribers, only after
-  the transaction holding it committed. Publishes that arrive while a commit is running wait and share
-  the next transaction (group commit): one commit per batch, not per message, with no timer to tune.
+  the transaction holding it committed. Publishes that arrive together (read in the same turn of the
+  event loop, or while a commit runs) share one transaction (group commit): a commit per batch, not per
+  message, with no timer to tune.
 - The file is in WAL mode with `synchronous=NORMAL` by default: a committed transaction survives the
   process's crash or SIGKILL (it is in the operating system's cache), but an OS crash or power loss may
   lose the last transactions before the WAL was synced, as Redis's `appendfsync everysec` may lose its
@@ -22,8 +27,10 @@ Why it is built this way:
   the seqs they issued may be unknown to the file: numbering then goes on in a new epoch, above
   `cap(now) = (now_ms - BASE_MS) * 1000 + 999`, as the Redis broker does, and subscribers are told
   `renumbered`. A SIGKILL on the same boot loses nothing: numbering simply continues.
-- One server per file: the connection takes SQLite's exclusive lock at start and holds it, so a second
-  server on the same file is refused at start. Several servers sharing rooms is what Redis is for.
+- One server per file: the server holds an exclusive flock on `<file>-lock` while it runs (the kernel
+  releases it however the process dies), so a second server on the same file is refused at start.
+  Several servers sharing rooms is what Redis is for. Other processes may read the file meanwhile
+  (`sqlite3 chat.db ".backup copy.db"`), never write it.
 - Bounded: each room keeps its last --history messages (and none older than --history-ttl, if set),
   client_msg_ids are remembered --dedup-ttl, rooms without a subscriber or publish for --room-ttl are
   forgotten, and at most --max-rooms rooms are kept (a new one past it forgets the least recently used
@@ -35,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -62,15 +70,21 @@ BASE_MS = 1_767_225_600_000
 """2026-01-01T00:00:00Z, as the Redis broker counts: an epoch begun at T numbers above cap(T)."""
 PER_MS = 1000
 KNOWN_FLOORS = 16
-SWEEP_INTERVAL = 1.0
-"""Seconds between the background passes that delete what retention no longer keeps."""
+SWEEP_INTERVAL = 0.1
+"""Seconds between the rounds of background passes that delete what retention no longer keeps: often, so
+that each round is short (on a busy single core a long one delays the event loop's work)."""
+SWEEP_PASSES = 100
+"""Passes a round makes at most: enough to keep up with the fastest publishing (each pass deletes up to
+SWEEP_ROWS rows of a room)."""
 SWEEP_ROWS = 2000
 """Rows one statement of a background pass deletes at most, so that no pass holds the writer long."""
 SWEEP_ROOMS = 100
 """Rooms one background pass forgets or trims at most (the rest wait for the next pass)."""
-CHECKPOINT_BYTES = 4 << 20
-"""WAL bytes past which the background pass copies it into the file (SQLite's own default is about 4 MiB)."""
-WAL_LIMIT = 64 << 20
+CHECKPOINT_INTERVAL = 0.1
+"""Seconds between checkpoints: often, so that each has little to copy and sync."""
+WAL_RESTART = 16 << 20
+"""WAL bytes past which a checkpoint under the lock lets the next commit start it over."""
+WAL_LIMIT = 16 << 20
 """Bytes the WAL file is cut back to after a checkpoint (SQLite's journal_size_limit)."""
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
@@ -131,7 +145,8 @@ class StoreError(Exception):
 
 
 class _Store:
-    """The file, used only from the broker's own thread. Every method runs there, one at a time."""
+    """The file and what the broker keeps of it in memory. One caller at a time (the broker's lock), on
+    the loop or on the broker's thread; only `checkpoint` runs beside them, on a connection of its own."""
 
     def __init__(self, path: str, synchronous: str, *, history: int, history_ttl: float, dedup_ttl: float,
                  max_rooms: int, room_ttl: float, watched: set[str]) -> None:
@@ -145,6 +160,11 @@ class _Store:
         self.watched = watched
         """The loop's set of rooms with subscribers here: only read (membership) from this thread."""
         self.db: sqlite3.Connection | None = None
+        """The connection that writes and reads: on the loop, or on the broker's thread (module docstring)."""
+        self.checkpointer: sqlite3.Connection | None = None
+        """A connection of its own for checkpoints, which run beside the writer without stopping it."""
+        self._lock_fd: int | None = None
+        self.page_size = 4096
         self.rooms: OrderedDict[str, int] = OrderedDict()
         """Each room's next seq, least recently published to first. The rooms table has it as of the last
         background pass (`save`), which a commit need not wait for: a room's messages written since are
@@ -173,21 +193,21 @@ class _Store:
                     f"cannot use {os.path.abspath(self.path)}: it is read-only ({exc.strerror}); the server must"
                     " be able to write it and its folder"
                 ) from None
+        self._take_lock()
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
         except sqlite3.Error as exc:
+            self._release_lock()
             raise StoreError(self._cannot("open", exc)) from None
         self.db = db
         try:
-            db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before WAL: then no -shm file and no other process
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"cannot use {self.path}: SQLite would not put it in WAL mode ({mode})")
             db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-            if self.synchronous == "normal":
-                db.execute("PRAGMA wal_autocheckpoint=0")  # the broker checkpoints on its thread (`checkpoint`)
+            db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run beside the writer (`checkpoint`)
             db.execute("PRAGMA synchronous=FULL")  # the start-up marker below must survive power loss
-            db.execute("BEGIN IMMEDIATE")  # takes the exclusive lock, held from now on
+            db.execute("BEGIN IMMEDIATE")
             check = db.execute("PRAGMA quick_check(1)").fetchone()[0]
             if check != "ok":
                 raise StoreError(f"cannot use {self.path}: it failed SQLite's integrity check ({check})")
@@ -206,12 +226,39 @@ class _Store:
             self.untrimmed = set(self.rooms)
             db.execute("COMMIT")
             db.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            self.page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            self.checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
         except sqlite3.Error as exc:
             self.close_quietly()
             raise StoreError(self._cannot("use", exc)) from None
         except BaseException:
             self.close_quietly()
             raise
+
+    def _take_lock(self) -> None:
+        """One server per file: an exclusive flock on `<file>-lock`, held while the file is open (the
+        kernel lets it go when the process dies, however it dies)."""
+        where = os.path.abspath(self.path)
+        try:
+            fd = os.open(where + "-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            folder = os.path.dirname(where)
+            why = "its folder does not exist" if not os.path.isdir(folder) else "its folder is not writable"
+            raise StoreError(f"cannot open {where}: {exc.strerror} ({why})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"cannot use {where}: another process holds it. One server per SQLite file: to run several"
+                " servers on the same rooms, use a Redis broker"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _cannot(self, verb: str, exc: sqlite3.Error) -> str:
         text = str(exc)
@@ -256,6 +303,7 @@ class _Store:
 
     def close(self) -> None:
         """Mark the run as ended cleanly, fold the WAL into the file, and release the lock."""
+        self.close_checkpointer()
         db, self.db = self.db, None
         if db is None:
             return
@@ -268,17 +316,26 @@ class _Store:
                            extra={"event": "broker_close_failed"})
         finally:
             db.close()
+            self._release_lock()
 
     def finish(self) -> None:
         """The last pass of retention, then `close`."""
         with contextlib.suppress(StoreError):
-            self.sweep()
+            self.sweep()  # saves every counter; what is left to trim waits for the next start
         self.close()
 
     def close_quietly(self) -> None:
         db, self.db = self.db, None
         if db is not None:
             db.close()
+        self.close_checkpointer()
+        self._release_lock()
+
+    def close_checkpointer(self) -> None:
+        """Close the checkpoint's connection (on the checkpoint's thread, before `close`)."""
+        checkpointer, self.checkpointer = self.checkpointer, None
+        if checkpointer is not None:
+            checkpointer.close()
 
     # -- writing --------------------------------------------------------------------------------------------
 
@@ -367,9 +424,16 @@ class _Store:
 
     def _forget(self, name: str, db: sqlite3.Connection) -> None:
         """Delete room `name` from the file (in the caller's transaction) and from the counters."""
+        self._delete_room(name, db)
+        self._drop(name)
+
+    @staticmethod
+    def _delete_room(name: str, db: sqlite3.Connection) -> None:
         db.execute("DELETE FROM messages WHERE room = ?", (name,))
         db.execute("DELETE FROM dedup WHERE room = ?", (name,))
         db.execute("DELETE FROM rooms WHERE name = ?", (name,))
+
+    def _drop(self, name: str) -> None:
         del self.rooms[name]
         self.unsaved.discard(name)
         self.untrimmed.discard(name)
@@ -424,53 +488,60 @@ class _Store:
 
     # -- retention --------------------------------------------------------------------------------------
 
-    def sweep(self) -> None:
+    def sweep(self) -> bool:
         """One bounded pass: save counters, forget idle rooms, trim rooms past --history and --history-ttl,
-        expire dedup ids. Counters are saved before any message is trimmed, in the same transaction, so that
-        the file never loses a room's newest seq."""
+        expire dedup ids; whether there is more to do. Counters are saved before any message is trimmed, in
+        the same transaction, so that the file never loses a room's newest seq."""
         db = self._open_db()
         now = _now_ms()
         saving = list(self.unsaved)
-        rooms, untrimmed, forgotten = self.rooms.copy(), set(self.untrimmed), self.forgotten
+        trimming = list(self.untrimmed)[:SWEEP_ROOMS]
         try:
             db.execute("BEGIN")
             db.executemany(
                 "UPDATE rooms SET next_seq = ?, used_ms = ? WHERE name = ?",
                 [(self.rooms[name], now, name) for name in saving],
             )
-            self._forget_idle(db, now)
-            trimmed = self._trim_by_count(db)
+            forgetting = self._forget_idle(db, now)
+            trimmed, caught_up = self._trim_by_count(db, trimming)
+            aged = 0
             if self.history_ttl_ms:
-                trimmed += db.execute(
+                aged = db.execute(
                     "DELETE FROM messages WHERE (room, seq) IN"
                     " (SELECT room, seq FROM messages WHERE sent_at_ms < ? LIMIT ?)",
                     (now - self.history_ttl_ms, SWEEP_ROWS),
                 ).rowcount
-            db.execute(
+            expired = db.execute(
                 "DELETE FROM dedup WHERE (room, sender, client_msg_id) IN"
                 " (SELECT room, sender, client_msg_id FROM dedup WHERE at_ms < ? LIMIT ?)",
                 (now - self.dedup_ttl_ms, SWEEP_ROWS),
-            )
+            ).rowcount
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)
-            self.rooms, self.untrimmed, self.forgotten = rooms, untrimmed, forgotten  # as the file still has them
             raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+        # Only now that the file has it: what was saved, trimmed and forgotten.
         self.unsaved.difference_update(saving)
-        self.trimmed += trimmed
+        self.untrimmed.difference_update(caught_up)
+        for name in forgetting:
+            self._drop(name)
+        self.trimmed += trimmed + aged
+        return bool(self.untrimmed) or expired == SWEEP_ROWS or aged == SWEEP_ROWS
 
-    def _forget_idle(self, db: sqlite3.Connection, now: int) -> None:
+    def _forget_idle(self, db: sqlite3.Connection, now: int) -> list[str]:
+        """Delete rooms nobody here subscribes to and nobody published to for --room-ttl; their names."""
         idle = db.execute(
             "SELECT name FROM rooms WHERE used_ms < ? ORDER BY used_ms LIMIT ?", (now - self.room_ttl_ms, SWEEP_ROOMS)
         ).fetchall()
-        for (name,) in idle:
-            if name not in self.watched and name in self.rooms and name not in self.unsaved:
-                self._forget(name, db)
+        names = [n for (n,) in idle if n not in self.watched and n in self.rooms and n not in self.unsaved]
+        for name in names:
+            self._delete_room(name, db)
+        return names
 
-    def _trim_by_count(self, db: sqlite3.Connection) -> int:
-        """Delete what --history no longer keeps from rooms published to since they were last trimmed."""
-        trimmed = 0
-        for name in list(self.untrimmed)[:SWEEP_ROOMS]:
+    def _trim_by_count(self, db: sqlite3.Connection, names: list[str]) -> tuple[int, list[str]]:
+        """Delete what --history no longer keeps from rooms `names`: (rows deleted, rooms now within it)."""
+        trimmed, done = 0, []
+        for name in names:
             deleted = db.execute(
                 "DELETE FROM messages WHERE room = ?1 AND seq IN"
                 " (SELECT seq FROM messages WHERE room = ?1 AND seq < ?2 ORDER BY seq LIMIT ?3)",
@@ -478,21 +549,29 @@ class _Store:
             ).rowcount
             trimmed += deleted
             if deleted < SWEEP_ROWS:
-                self.untrimmed.discard(name)
-        return trimmed
+                done.append(name)
+        return trimmed, done
 
-    def checkpoint(self) -> None:
-        """Copy the WAL into the file (and sync it) once it has grown past CHECKPOINT_BYTES."""
-        db = self._open_db()
+    def checkpoint(self) -> int:
+        """Copy what the WAL holds into the file (PASSIVE: beside the writer, never stopping it), on the
+        checkpoint's own connection and thread. Returns the bytes the WAL holds (copied or not)."""
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            return 0
         try:
-            wal = os.path.getsize(self.path + "-wal")
-        except OSError:
-            return
-        if wal >= CHECKPOINT_BYTES:
-            try:
-                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+            _busy, frames, _copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+        return max(int(frames), 0) * self.page_size
+
+    def restart_wal(self) -> None:
+        """Under the broker's lock (no commit can run): a checkpoint that lets the next commit write the
+        WAL from its start again. A WAL written to without pause is never wholly copied by PASSIVE
+        checkpoints alone, so it would grow without end."""
+        try:
+            self._open_db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
 
     def size(self) -> int:
         """Bytes the file and its WAL take on disk now."""
@@ -526,6 +605,8 @@ class SqliteBroker(Broker):
         self._writer: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._checkpoints: ThreadPoolExecutor | None = None
         self._queued_since = 0.0
         """Loop time the oldest publish waiting was queued."""
         self._inflight: list[tuple[Any, asyncio.Future[tuple[int, bool]]]] = []
@@ -559,6 +640,7 @@ class SqliteBroker(Broker):
             self._executor.shutdown(wait=True)
             self._executor = None
             raise Unavailable(exc.args[0]) from None
+        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="async_chat.sqlite.checkpoint")
         store = self._store
         if store.epoch_started:
             logger.warning(
@@ -569,6 +651,7 @@ class SqliteBroker(Broker):
         self._deliver = deliver
         self._writer = asyncio.create_task(self._write_forever(), name="async_chat.sqlite.writer")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="async_chat.sqlite.sweeper")
+        self._checkpointer = asyncio.create_task(self._checkpoint_forever(), name="async_chat.sqlite.checkpointer")
         self._watchdog = asyncio.create_task(self._watch_forever(), name="async_chat.sqlite.watchdog")
 
     async def aclose(self) -> None:
@@ -576,12 +659,20 @@ class SqliteBroker(Broker):
         writer, self._writer = self._writer, None
         sweeper, self._sweeper = self._sweeper, None
         watchdog, self._watchdog = self._watchdog, None
+        checkpointer, self._checkpointer = self._checkpointer, None
         executor, self._executor = self._executor, None
+        checkpoints, self._checkpoints = self._checkpoints, None
         try:
             await cancel_and_wait(watchdog)
+            await cancel_and_wait(checkpointer)
             await cancel_and_wait(sweeper)
             await cancel_and_wait(writer)
         finally:
+            if checkpoints is not None:  # a checkpoint in progress completes first
+                await asyncio.shield(
+                    asyncio.get_running_loop().run_in_executor(checkpoints, self._store.close_checkpointer)
+                )
+                checkpoints.shutdown(wait=False)
             for _message, waiter in self._queued:
                 waiter.cancel()
             self._queued.clear()
@@ -607,7 +698,7 @@ class SqliteBroker(Broker):
         """Commit every publish waiting as one transaction, one transaction at a time (group commit)."""
         while True:
             await self._queued_event.wait()
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one more turn of the loop: the calls read with the first join its batch
             self._queued_event.clear()
             batch, self._queued = self._queued, []
             batch = [(message, waiter) for message, waiter in batch if not waiter.done()]  # given up on
@@ -705,11 +796,30 @@ class SqliteBroker(Broker):
     # -- retention ------------------------------------------------------------------------------------------
 
     async def _sweep_forever(self) -> None:
+        """Retention, in passes of bounded length that let commits run between them, until it has caught up."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
-                await self._background(self._store.sweep)
-                await self._background(self._store.checkpoint)
+                for _pass in range(SWEEP_PASSES):
+                    if not await self._background(self._store.sweep):
+                        break
+            except StoreError as exc:
+                self.errors += 1
+                self._mark_down(exc.args[0])
+
+    async def _checkpoint_forever(self) -> None:
+        """Keep the WAL short: copy it into the file beside the writer (PASSIVE, on a thread and connection
+        of its own), and now and then, under the lock, let the next commit start it over."""
+        loop = asyncio.get_running_loop()
+        store = self._store
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            if self._checkpoints is None:
+                continue
+            try:
+                left = await loop.run_in_executor(self._checkpoints, store.checkpoint)
+                if left >= WAL_RESTART:
+                    await self._background(store.restart_wal)
             except StoreError as exc:
                 self.errors += 1
                 self._mark_down(exc.args[0])
