@@ -305,6 +305,26 @@ async def test_retention_keeps_history_rooms_and_the_file_bounded(tmp_path: Path
     assert rows == 3
 
 
+async def test_retention_keeps_up_with_a_fast_publisher(tmp_path: Path) -> None:
+    """Publishes far faster than one background pass deletes: the file still keeps only --history."""
+    db = tmp_path / "chat.db"
+    server = await start(db, "--history", "100", "--publish-rate", "0")
+    try:
+        async with ChatClient(LOOPBACK, server.port, timeout=10, pool_size=16) as client:
+            for start_at in range(0, 20_000, 1000):
+                await asyncio.gather(*(
+                    client.sendMessage(Message(sender="a", content=f"m{i}", room=ROOM))
+                    for i in range(start_at, start_at + 1000)
+                ))
+            served = await client.history(ROOM, 0, 1000)
+    finally:
+        await server.stop()
+    assert [m.seq for m in served] == list(range(19_901, 20_001))
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        rows = conn.execute("SELECT min(seq), max(seq), count(*) FROM messages").fetchone()
+    assert rows == (19_901, 20_000, 100)
+
+
 async def test_history_ttl_serves_nothing_older(tmp_path: Path) -> None:
     server = await start(tmp_path / "chat.db", "--history-ttl", "1")
     try:

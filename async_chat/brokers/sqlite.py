@@ -319,9 +319,11 @@ class _Store:
             self._release_lock()
 
     def finish(self) -> None:
-        """The last pass of retention, then `close`."""
+        """The last passes of retention, then `close`."""
         with contextlib.suppress(StoreError):
-            self.sweep()  # saves every counter; what is left to trim waits for the next start
+            for _pass in range(SWEEP_PASSES):  # saves every counter, and trims what it can in bounded time
+                if not self.sweep():
+                    break
         self.close()
 
     def close_quietly(self) -> None:
