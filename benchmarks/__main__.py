@@ -36,7 +36,8 @@ def main() -> int:
     parser.add_argument("--short", action="store_true", help="a run of seconds, to check the harness works")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default: the scenario's own)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/latest.json"),
-                        help="the JSON file to write; charts (*.png) and tables (tables.md) go beside it")
+                        help="the JSON file to write; charts (*.png) and tables go beside it (tables.md for"
+                        " latest.json, else <name>-tables.md, so that a run of some scenarios keeps the full tables)")
     args = parser.parse_args()
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
@@ -65,7 +66,7 @@ def main() -> int:
     doc = harness.write(reports, args.out)
     for path in charts.draw(doc, args.out.parent):
         print(f"drew {path}", file=sys.stderr)
-    tables = args.out.with_name("tables.md")
+    tables = args.out.with_name("tables.md" if args.out.name == "latest.json" else args.out.stem + "-tables.md")
     tables.write_text(charts.tables(doc) + "\n")
     print(f"wrote {args.out} and {tables}", file=sys.stderr)
     return 0

@@ -22,10 +22,9 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from . import loadgen, peers
-from .harness import Report, rotations
+from .harness import Progress, Report, rotations
 from .processes import LOOPBACK, UNLIMITED, RedisProcess, ServerProcess, start_process
 
 REFERENCE = "memory"
@@ -43,6 +42,10 @@ class Parameters:
     @classmethod
     def short(cls) -> Parameters:
         return cls(warmup=0.1, seconds=0.5, rounds=1)
+
+
+def steps(p: Parameters) -> int:
+    return p.rounds * len(p.brokers)
 
 
 async def start(url: str) -> ServerProcess:
@@ -73,7 +76,7 @@ async def measure(server: ServerProcess, p: Parameters) -> dict[str, float]:
     }
 
 
-async def run(p: Parameters, progress: Any = print) -> Report:
+async def run(p: Parameters, bar: Progress) -> Report:
     report = Report("durable", {**asdict(p), "transport": "framed", "protocol": "binary"})
     servers: dict[str, ServerProcess] = {}
     with tempfile.TemporaryDirectory() as scratch:
@@ -95,11 +98,12 @@ async def run(p: Parameters, progress: Any = print) -> Report:
                 for name in order:
                     figures[name] = await measure(servers[name], p)
                     f = figures[name]
-                    progress(
+                    bar.say(
                         f"round {index + 1}/{p.rounds} {name}: {f['publishes_per_s']:,.0f} publishes/s;"
                         f" at {f['half_rate_per_s']:,.0f}/s p99 {f['half_rate_p99_ms']:.2f} ms;"
                         f" errors {f['errors']:.0f}"
                     )
+                    bar.step(f"durable {name}")
                 report.rounds.append(figures)
         finally:
             for server in servers.values():

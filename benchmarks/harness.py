@@ -65,8 +65,9 @@ def _commit() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
     commit = git("rev-parse", "HEAD").strip() or None
-    return {"commit": commit, "clean": commit is not None and not git("status", "--porcelain", "--", "async_chat",
-                                                                    "benchmarks", "pyproject.toml").strip()}
+    changed = git("status", "--porcelain", "--", "async_chat", "benchmarks", "pyproject.toml",
+                  ":(exclude)benchmarks/results").strip()
+    return {"commit": commit, "clean": commit is not None and not changed}
 
 
 async def closed_loop(call: Callable[[int], Awaitable[object]], tasks: int, seconds: float) -> tuple[int, int, float]:
