@@ -65,6 +65,16 @@ class Call:
     args: Any
 
 
+@dataclass(slots=True)
+class Reply:
+    """One decoded reply: `body` is the method's `_result` struct, or a TApplicationException."""
+
+    api: str
+    kind: int
+    seqid: int
+    body: Any
+
+
 class Codec:
     """One protocol's decoder and encoder, shared by every connection that speaks it.
 
@@ -136,6 +146,45 @@ class Codec:
             return None  # a name that is not UTF-8: the streaming decoder says so
         return Call(api, seqid, args), size
 
+    def reply_from(self, data: bytes) -> Reply:
+        """The reply `data` holds, whole (binary; a client's side): its method's `_result` struct, or the
+        TApplicationException it carries. Raises ValueError for bytes that are not such a reply."""
+        if len(data.translate(None, _CONTAINER_TYPES)) != len(data) and message_length(data) != len(data):
+            raise ValueError("the reply is not one whole message")  # and cybin never sees a zero-width list
+        source, prot = self._source, self._in_prot
+        source.load(data)
+        try:
+            api, kind, seqid = prot.read_message_begin()
+            body = self._reply_body(api, kind)
+            prot.read_struct(body)
+        except Exception as exc:
+            prot.trans = TCyBufferedTransport(source)
+            raise ValueError(f"an unreadable reply ({exc})") from None
+        finally:
+            source.load(b"")
+            prot.trans.clean()
+        return Reply(api, kind, seqid, body)
+
+    async def read_reply(self, source: Source) -> Reply:
+        """Read one reply from `source`, value by value: compact's way (and any reply not whole)."""
+        if self.protocol == "binary":
+            prot: Any = TAsyncBinaryProtocol(source, strict_read=False)
+        else:
+            prot = wire.SafeCompactProtocol(source)  # type: ignore[no-untyped-call]
+        api, kind, seqid = await prot.read_message_begin()
+        if isinstance(api, bytes):
+            api = api.decode("utf-8")
+        body = self._reply_body(api, kind)
+        await prot.read_struct(body)
+        return Reply(api, kind, seqid, body)
+
+    def _reply_body(self, api: Any, kind: int) -> Any:
+        if kind == TMessageType.EXCEPTION:
+            return TApplicationException()
+        if kind != TMessageType.REPLY or api not in self._methods:
+            raise ValueError(f"not a reply of this service: {api!r} (message type {kind})")
+        return getattr(self.service, api + "_result")()
+
     async def read_call(self, source: Source) -> Call:
         """Read one call from `source`, value by value (the aio protocol's way): the safe, slow path."""
         if self.protocol == "binary":
@@ -169,6 +218,10 @@ class Codec:
             encoded = self.reply(api, 0, getattr(self.service, api + "_result")())
             parts = self._void[api] = (encoded[:-5], encoded[-1:])  # ... seqid (4 bytes), the struct's STOP
         return parts[0] + seqid.to_bytes(4, "big", signed=True) + parts[1]
+
+    def request(self, api: str, seqid: int, args: Any) -> bytes:
+        """A CALL message carrying `args` (the method's `_args` struct): what a client sends."""
+        return self._encode(api, TMessageType.CALL, seqid, args)
 
     def exception(self, api: str, seqid: int, error: TApplicationException) -> bytes:
         """An EXCEPTION message: what Thrift clients raise as TApplicationException."""
@@ -291,3 +344,86 @@ def call_length(data: bytes | bytearray) -> int | None:
         else:
             return None  # a container, or no type at all
     return None
+
+
+_ELEMENT_TYPES = frozenset(
+    (TType.BOOL, TType.BYTE, TType.DOUBLE, TType.I16, TType.I32, TType.I64, TType.STRING, TType.STRUCT,
+     TType.MAP, TType.SET, TType.LIST)
+)
+"""Types a value may have in the binary protocol: each takes at least one byte."""
+
+
+def message_length(data: bytes | bytearray) -> int | None:
+    """How many bytes the binary message `data` begins with takes, lists, sets and maps included; None if
+    it is not all there. A walk over the headers, never a decode. Raises ValueError for what no Thrift
+    peer writes: a negative length or count, a value of no type (which cybin would "skip" 2**31 times
+    without reading). Every step moves forward or closes a struct it opened, so it ends within about
+    len(data) steps, and a list of fixed-width values is stepped over at once."""
+    end = len(data)
+    if end < 4:
+        return None
+    head = int.from_bytes(data[0:4], "big", signed=True)
+    if head < 0:
+        if end < 8:
+            return None
+        name = int.from_bytes(data[4:8], "big", signed=True)
+        pos = 8 + name + 4
+    else:
+        name = head
+        pos = 4 + name + 1 + 4
+    if name < 0:
+        raise ValueError("a negative name length")
+    widths, stop, types = _WIDTHS, TType.STOP, _ELEMENT_TYPES
+    # Each frame: None for a struct (read fields until STOP), else [value types, values left].
+    frames: list[list[Any] | None] = [None]
+    while frames:
+        if pos > end:
+            return None
+        frame = frames[-1]
+        if frame is None:
+            if pos >= end:
+                return None
+            kind = data[pos]
+            if kind == stop:
+                pos += 1
+                frames.pop()
+                continue
+            pos += 3
+        else:
+            if frame[1] == 0:
+                frames.pop()
+                continue
+            frame[1] -= 1
+            kinds = frame[0]
+            kind = kinds[frame[1] % len(kinds)]
+        if kind not in types:
+            raise ValueError(f"a value of no type ({kind})")
+        width = widths.get(kind)
+        if width is not None:
+            pos += width
+        elif kind == TType.STRING:
+            if pos + 4 > end:
+                return None
+            length = int.from_bytes(data[pos : pos + 4], "big", signed=True)
+            if length < 0:
+                raise ValueError("a negative string length")
+            pos += 4 + length
+        elif kind == TType.STRUCT:
+            frames.append(None)
+        else:
+            header = 6 if kind == TType.MAP else 5
+            if pos + header > end:
+                return None
+            kinds = tuple(data[pos : pos + header - 4])
+            count = int.from_bytes(data[pos + header - 4 : pos + header], "big", signed=True)
+            pos += header
+            if count < 0:
+                raise ValueError("a negative count")
+            if any(k not in types for k in kinds):
+                raise ValueError(f"a container of no type ({kinds})")
+            fixed = [widths.get(k) for k in kinds]
+            if all(w is not None for w in fixed):
+                pos += count * sum(fixed)  # type: ignore[arg-type]
+            elif count:
+                frames.append([kinds, count * len(kinds)])
+    return pos if pos <= end else None
