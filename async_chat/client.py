@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
+import secrets
 import ssl as ssl_module
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -120,6 +121,8 @@ class _Wire(asyncio.Protocol):
         self._seqid = 0
         self._buffer = bytearray()
         self._out: list[bytes] = []
+        self._turn = False
+        """Whether a call was written in this turn of the event loop: later ones wait for its end."""
         self._lost: str | None = None
         self._incoming: _Incoming | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -185,32 +188,40 @@ class _Wire(asyncio.Protocol):
     # -- calls ---------------------------------------------------------------------------------------
 
     def call(self, api: str, args: Any) -> asyncio.Future[Any]:
-        """Send `api(args)` now (with whatever else is sent this turn of the loop); its reply's future."""
+        """Send `api(args)`: at once if it is this turn's first call, else with the rest of the turn's in one
+        write; its reply's future."""
         if self._lost is not None:
             raise ConnectionLost(f"{api}: {self._lost}")
         self._seqid = seqid = (self._seqid + 1) & 0x7FFFFFFF
         data = self._codec.request(api, seqid, args)
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
         if self._framed:
-            self._out.append(len(data).to_bytes(4, "big"))
-        self._out.append(data)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            data = len(data).to_bytes(4, "big") + data
+        loop = asyncio.get_running_loop()
+        if self._turn:
+            self._out.append(data)  # not the first call of this turn of the loop: in one write at its end
+        else:
+            self._turn = True
+            loop.call_soon(self._end_turn)
+            assert self.transport is not None
+            self.transport.write(data)  # the first goes at once: a lone call waits for nothing
+        future: asyncio.Future[Any] = loop.create_future()
         self._waiting.append((seqid, api, future))
         self.last_used = time.monotonic()
         return future
 
-    def _flush(self) -> None:
+    def _end_turn(self) -> None:
+        self._turn = False
         out, self._out = self._out, []
-        if self.transport is not None and self._lost is None:
+        if out and self.transport is not None and self._lost is None:
             self.transport.write(b"".join(out))
 
     def _answer(self, reply: Reply) -> None:
         if not self._waiting:
             raise ValueError("a reply to no call")
-        seqid, api, future = self._waiting.popleft()
-        if reply.seqid != seqid or reply.api != api:
+        seqid, api, future = self._waiting[0]
+        if reply.seqid != seqid or reply.api != api:  # the call stays in line, to fail with the rest
             raise ValueError(f"a reply to {reply.api} #{reply.seqid} where {api} #{seqid} was next")
+        self._waiting.popleft()
         self.last_used = time.monotonic()
         self._client._room_freed()
         if future.done():  # its caller gave up (a timeout, a cancellation): the reply only keeps us in step
@@ -257,14 +268,18 @@ class _Wire(asyncio.Protocol):
         self._client._forget(self)
 
     def close(self) -> None:
+        """Close the connection. A compact reader's task is cancelled and handed to the client, whose
+        `aclose` awaits it."""
         if self._lost is None:
             self._lost = "closed by this client"
         self._client._forget(self)
         if self.transport is not None:
             self.transport.close()
         reader, self._reader = self._reader, None
-        if reader is not None:
+        if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
+            self._client._stopping.add(reader)
+            reader.add_done_callback(self._client._stopping.discard)
 
 
 class ChatClient(AsyncResource):
@@ -310,12 +325,17 @@ class ChatClient(AsyncResource):
             logger.warning("ChatClient TLS without hostname checking: anyone with a certificate from a trusted CA"
                            " can pose as %s", host)
         self._codec = Codec(ChatService, protocol)
+        self._ids = secrets.token_hex(8) + "-"
+        """The client_msg_ids this client makes: this prefix (64 random bits), then a count."""
+        self._sent = itertools.count(1)
         self._wires: list[_Wire] = []
         """Pooled connections, shared by calls (a stream's and a long poll's are not here)."""
         self._opening = 0
         self._room = asyncio.Event()
         """Set when a call finished: a caller waiting for room in a full pool looks again."""
         self._streams: set[MessageStream] = set()
+        self._stopping: set[asyncio.Task[None]] = set()
+        """Readers of closed compact connections, cancelled: `aclose` awaits them."""
         self._closed = False
 
     def __repr__(self) -> str:
@@ -332,6 +352,7 @@ class ChatClient(AsyncResource):
         for conn in list(self._wires):
             conn.close()
         self._wires.clear()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
 
     # -- the service --------------------------------------------------------------------------
 
@@ -421,11 +442,18 @@ class ChatClient(AsyncResource):
         except TypeError as exc:
             raise ValueError(f"{api}: {exc}") from None
         future = conn.call(api, request)
+        # A timer that fails the future, cheaper than asyncio.timeout (a scope, a task lookup) on every call.
+        expiry = asyncio.get_running_loop().call_later(
+            self.timeout if timeout is None else timeout, self._expire, future, api
+        )
         try:
-            async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                return await future
-        except TimeoutError:
-            raise CallTimeout(f"{api} got no reply from {self.host}:{self.port} in time") from None
+            return await future
+        finally:
+            expiry.cancel()
+
+    def _expire(self, future: asyncio.Future[Any], api: str) -> None:
+        if not future.done():
+            future.set_exception(CallTimeout(f"{api} got no reply from {self.host}:{self.port} in time"))
 
     async def _choose(self, *, alone: bool = False) -> _Wire:
         """The pooled connection with the fewest calls in flight; a new one while the pool has room and
@@ -452,6 +480,7 @@ class ChatClient(AsyncResource):
                     conn = await self.connect()
                 finally:
                     self._opening -= 1
+                    self._room.set()  # a connection, or room to try one: callers waiting look again
                 if self._closed:
                     conn.close()
                     raise Unavailable("this ChatClient is closed")
@@ -497,7 +526,7 @@ class ChatClient(AsyncResource):
             sender=message.sender,
             content=message.content,
             room=message.room,
-            client_msg_id=message.client_msg_id or uuid.uuid4().hex,
+            client_msg_id=message.client_msg_id or f"{self._ids}{next(self._sent)}",
         )
         for attempt in range(self.retries + 1):
             try:
@@ -629,9 +658,9 @@ class MessageStream(AsyncResource):
         self.next_seq = batch.next_seq
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
     async def aclose(self) -> None:
         """Unsubscribe (best effort, briefly) and close the stream's connection."""

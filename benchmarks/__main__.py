@@ -10,7 +10,7 @@ from typing import Any
 
 import uvloop
 
-from . import charts, durable, fanout, harness, latency, memory, metrics_cost, redis_broker, throughput
+from . import charts, clientload, durable, fanout, harness, latency, memory, metrics_cost, redis_broker, throughput
 
 SCENARIOS: dict[str, Any] = {
     "throughput": throughput,
@@ -19,6 +19,7 @@ SCENARIOS: dict[str, Any] = {
     "memory": memory,
     "redis": redis_broker,
     "durable": durable,
+    "clientload": clientload,
     "metrics": metrics_cost,
 }
 """Each has `Parameters` (with `short()`) and `run`; those with `steps` drive the progress bar themselves."""

@@ -44,7 +44,29 @@ def draw(doc: dict[str, Any], where: Path) -> list[Path]:
     fanout = _scenario(doc, "fanout")
     if fanout:
         drawn.append(_fanout(fanout, where))
+    clients = _scenario(doc, "clientload")
+    if clients:
+        drawn.append(_clientload(clients, where))
     return drawn
+
+
+def _clientload(s: dict[str, Any], where: Path) -> Path:
+    """Calls/s per client kind and task count, one bar per round (no medians that mix rounds)."""
+    rounds = [r for r in s["rounds"] if "stream" not in r]
+    tasks = list(s["parameters"]["tasks"])
+    kinds = list(s["parameters"]["kinds"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        for t, count in enumerate(tasks):
+            values = [r[f"{count}/{kind}"]["calls_per_s"] / 1000 for r in rounds if f"{count}/{kind}" in r]
+            ax.scatter([t + i * width] * len(values), values, color=f"C{i}", s=18,
+                       label=kind if t == 0 else None)
+    ax.set_xticks([t + width * (len(kinds) - 1) / 2 for t in range(len(tasks))], [f"{c} tasks" for c in tasks])
+    ax.set_ylabel("thousand calls/s (each point one round)")
+    ax.set_title("void sendMessage through each Python client, same server")
+    ax.legend(fontsize=8)
+    return _save(fig, where / "clientload.png")
 
 
 def _throughput_by_dialect(s: dict[str, Any], where: Path) -> Path:
@@ -155,6 +177,9 @@ def tables(doc: dict[str, Any], connections: int | None = None) -> str:
     durable = _scenario(doc, "durable")
     if durable:
         out += durable_table(durable)
+    clients = _scenario(doc, "clientload")
+    if clients:
+        out += clientload_table(clients)
     memory = _scenario(doc, "memory")
     if memory:
         f = memory["summary"]["idle"]
@@ -189,4 +214,33 @@ def durable_table(report: dict[str, Any]) -> list[str]:
                 f" {f['errors']:.0f} |"
             )
     out.append("")
+    return out
+
+
+def clientload_table(report: dict[str, Any]) -> list[str]:
+    """One row per client kind per round, with its ratio to thriftpy2's stock client in that round; then
+    the subscriber's stream check."""
+    out = ["| tasks | round | client | calls/s | x thriftpy2 stock | p50 µs | p99 µs | client CPU µs/call | errors |",
+           "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    stream = None
+    seen: dict[str, int] = {}
+    for figures in report["rounds"]:
+        if "stream" in figures:
+            stream = figures["stream"]
+            continue
+        count = next(iter(figures)).split("/", 1)[0]  # a round is one task count's
+        number = seen[count] = seen.get(count, 0) + 1
+        for name, f in figures.items():
+            kind = name.split("/", 1)[1]
+            reference = figures.get(f"{count}/thriftpy2-aio", {}).get("calls_per_s")
+            ratio = f"{f['calls_per_s'] / reference:.2f}" if reference else "-"
+            out.append(f"| {count} | {number} | {kind} | {f['calls_per_s']:,.0f} | {ratio} | {f['p50_us']:,.0f} |"
+                       f" {f['p99_us']:,.0f} | {f['client_cpu_us_per_call']:.1f} | {f['errors']:.0f} |")
+    out.append("")
+    if stream:
+        out += ["| publisher rate | sent | received | missed | lost | p50 ms | p99 ms | subscriber CPU |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                f"| {stream['rate']:,.0f}/s | {stream['sent']:,.0f} | {stream['received']:,.0f} |"
+                f" {stream['missed']:,.0f} | {stream['lost']:,.0f} | {stream['p50_ms']:.2f} | {stream['p99_ms']:.2f} |"
+                f" {stream['subscriber_cpu_share']:.2f} |", ""]
     return out

@@ -1,6 +1,7 @@
 """The article's server: Apache's TSimpleServer over code generated from the classic two-field contract.
 
-Run as its own process: `python apache_classic_server.py GEN_DIR TRANSPORT PROTOCOL`. It listens on a
+Run as its own process: `python apache_classic_server.py GEN_DIR TRANSPORT PROTOCOL [threaded]` (a
+TThreadedServer with `threaded`, which answers a connection's pipelined calls in order too). It listens on a
 free loopback port, prints `port N`, then one line `got SENDER: CONTENT` per message, and serves until
 killed. Used to show that our ChatClient talks to Thrift servers people already run.
 """
@@ -31,7 +32,9 @@ listener.listen = lambda: None  # TSimpleServer.serve() listens again; keep the 
 print(f"port {listener.handle.getsockname()[1]}", flush=True)
 transports = {"buffered": TTransport.TBufferedTransportFactory, "framed": TTransport.TFramedTransportFactory}
 protocols = {"binary": TBinaryProtocol.TBinaryProtocolFactory, "compact": TCompactProtocol.TCompactProtocolFactory}
-server = TServer.TSimpleServer(
-    ChatService.Processor(Handler()), listener, transports[transport](), protocols[protocol]()
-)
+kind = TServer.TThreadedServer if sys.argv[4:] == ["threaded"] else TServer.TSimpleServer
+server = kind(ChatService.Processor(Handler()), listener, transports[transport](), protocols[protocol](), daemon=True) \
+    if kind is TServer.TThreadedServer else kind(
+        ChatService.Processor(Handler()), listener, transports[transport](), protocols[protocol]()
+    )
 server.serve()

@@ -29,9 +29,9 @@ async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert {"cpu", "cores", "python", "versions", "redis_server", "commit", "clean"} <= doc["machine"].keys()
     assert len(doc["machine"]["commit"]) == 40  # the code the figures came from
-    throughput, latency, fanout, memory, scenario, durable, metrics = doc["scenarios"]
+    throughput, latency, fanout, memory, scenario, durable, clients, metrics = doc["scenarios"]
     names = [s["scenario"] for s in doc["scenarios"]]
-    assert names == ["throughput", "latency", "fanout", "memory", "redis", "durable", "metrics"]
+    assert names == ["throughput", "latency", "fanout", "memory", "redis", "durable", "clientload", "metrics"]
     # every peer answered every call with the expected bytes, through the C load generator
     [figures] = throughput["rounds"]
     assert {name.rpartition("/")[2] for name in figures} == {
@@ -84,6 +84,16 @@ async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
         assert f["half_rate_answered_per_s"] > 0
         assert f["half_rate_p999_ms"] >= f["half_rate_p99_ms"] >= f["half_rate_p50_ms"] > 0
     assert "| 1 | sqlite |" in tables
+    calls, last = clients["rounds"]
+    assert calls.keys() == {"16/chatclient", "16/thriftpy2-aio", "16/apache"}
+    for name, f in calls.items():
+        assert f["errors"] == 0, (name, f)
+        assert f["calls_per_s"] > 0
+        assert f["client_cpu_us_per_call"] > 0
+    assert last["stream"]["lost"] == 0  # every message the publisher got acknowledged arrived or was missed
+    assert last["stream"]["received"] > 0
+    assert (tmp_path / "clientload.png").read_bytes().startswith(b"\x89PNG")
+    assert "| 16 | 1 | chatclient |" in tables
     assert b"round 2/2" in err
     assert b"] 15/" in err
     for figures in metrics["rounds"]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
-from async_chat import CallTimeout, ChatClient, ChatServer, Message, Missed, Settings, Unavailable
+from async_chat import CallTimeout, ChatClient, ChatServer, ConnectionLost, Message, Missed, Settings, Unavailable
+from async_chat.contract import ServerStats
+from benchmarks.processes import start_server
 
-from .conftest import LOOPBACK, ServerFactory
+from .conftest import LOOPBACK, ServerFactory, wait_until
 
 
 async def test_one_client_shared_by_many_tasks(server: ChatServer) -> None:
@@ -94,3 +97,116 @@ async def _first(stream: object, n: int) -> object:
             count += 1
             if count == n:
                 return
+
+
+# -- pipelining (issue 17) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("transport", "protocol"), [("buffered", "binary"), ("framed", "binary"), ("buffered", "compact"),
+                                ("framed", "compact")],
+)
+async def test_many_tasks_pipeline_on_one_connection_and_each_gets_its_own_reply(
+    server: ChatServer, transport: str, protocol: str
+) -> None:
+    async with ChatClient(LOOPBACK, server.port, transport=transport, protocol=protocol, pool_size=1) as client:
+        sends = asyncio.gather(*(
+            client.publish(Message(sender=f"t{i}", content=str(i), room="piped")) for i in range(300)
+        ))
+        for _turn in range(10_000):  # every turn of the loop, until several calls are in flight at once
+            await asyncio.sleep(0)
+            if any(w.in_flight > 1 for w in client._wires):
+                break
+        else:
+            raise AssertionError("never more than one call in flight")
+        seqs = await sends
+        history = await client.history("piped", 1, 1000)
+        many = await client.publish_many([Message(sender="m", content=f"b{i}", room="piped") for i in range(50)])
+    assert {m.content: m.seq for m in history} == {str(i): seqs[i] for i in range(300)}
+    assert many == list(range(301, 351))  # in order: one connection, answered in order
+    assert server.connections_total == 1
+
+
+async def test_cancelled_and_timed_out_calls_mid_pipeline_leave_the_rest_correct(server: ChatServer) -> None:
+    async with ChatClient(LOOPBACK, server.port, pool_size=1, timeout=5) as client:
+        sub = await client.create_subscription("quiet", 0)
+        tasks = [asyncio.create_task(client.publish(Message(sender="s", content=str(i), room="mid")))
+                 for i in range(60)]
+        # A poll that outlives its timeout, in the middle of the line of calls.
+        slow = asyncio.create_task(client.call("poll", sub.subscription_id, 1, 300, timeout=0.05))
+        more = [asyncio.create_task(client.publish(Message(sender="s", content=str(i), room="mid")))
+                for i in range(60, 120)]
+        await asyncio.sleep(0)  # every call written
+        for task in tasks[::3]:
+            task.cancel()
+        with pytest.raises(CallTimeout):
+            await slow
+        done = await asyncio.gather(*tasks, *more, return_exceptions=True)
+        after = await client.publish(Message(sender="s", content="after", room="mid"))
+        stored = {m.content: m.seq for m in await client.history("mid", 1, 1000)}
+    answered = {str(i): seq for i, seq in enumerate(done) if isinstance(seq, int)}
+    assert all(isinstance(d, int | asyncio.CancelledError) for d in done)
+    assert len(answered) >= 80
+    assert all(stored[content] == seq for content, seq in answered.items())  # no reply went to another call
+    assert stored["after"] == after
+    assert server.connections_total == 1  # nothing desynchronised: the one connection served throughout
+
+
+async def test_a_server_killed_with_calls_in_flight_fails_each_none_hangs() -> None:
+    server = await start_server()
+    outcomes: list[str] = []
+    try:
+        async with ChatClient(LOOPBACK, server.port, pool_size=2, timeout=5, connect_timeout=2) as client:
+
+            async def publisher(i: int) -> None:
+                for n in range(10_000):
+                    try:
+                        await client.publish(Message(sender=f"p{i}", content=str(n), room="doomed"))
+                    except Unavailable as exc:  # ConnectionLost after one retry, or cannot connect
+                        outcomes.append(type(exc).__name__)
+                        return
+                outcomes.append("finished")
+
+            async with asyncio.timeout(30):  # none may hang: each ends with an answer or an error
+                tasks = [asyncio.create_task(publisher(i)) for i in range(64)]
+                await wait_until(lambda: sum(w.in_flight for w in client._wires) > 10)
+                await server.kill()
+                await asyncio.gather(*tasks)
+    finally:
+        await server.kill()
+    assert len(outcomes) == 64
+    assert set(outcomes) <= {"ConnectionLost", "Unavailable"}
+
+
+async def test_a_reply_out_of_step_breaks_only_its_connection() -> None:
+    """A server that answers with the wrong seqid: the calls in flight fail ConnectionLost at once, and the
+    client opens a new connection for what follows."""
+    from async_chat.codec import Codec
+    from async_chat.contract import ChatService
+
+    codec = Codec(ChatService, "binary")
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        lying = len(writers) == 1
+        while data := await reader.read(65536):
+            call, _size = codec.decode(data)  # type: ignore[misc]
+            seqid = call.seqid + 1000 if lying else call.seqid
+            writer.write(codec.reply("stats", seqid, ChatService.stats_result(success=ServerStats(connections=7))))
+
+    listener = await asyncio.start_server(serve, LOOPBACK, 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        async with ChatClient(LOOPBACK, port, pool_size=1, timeout=5) as client:
+            with pytest.raises(ConnectionLost, match="where stats"):
+                await client.stats(0)
+            assert (await client.stats(0)).connections == 7
+    finally:
+        listener.close()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+        await listener.wait_closed()
+    assert len(writers) == 2

@@ -182,9 +182,9 @@ async def test_node_client(server: ChatServer, gen_node: Path, transport: str, p
 
 @pytest.fixture
 async def apache_server(request: pytest.FixtureRequest, gen_py_classic: Path) -> AsyncIterator[Any]:
-    transport, protocol = request.param
+    transport, protocol, *kind = request.param
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(HERE / "apache_classic_server.py"), str(gen_py_classic), transport, protocol,
+        sys.executable, str(HERE / "apache_classic_server.py"), str(gen_py_classic), transport, protocol, *kind,
         stdout=subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -219,6 +219,28 @@ async def test_our_client_against_an_apache_tsimpleserver(apache_server: Any, tr
         await client.sendMessage(Message(sender="Alice", content="still connected"))
         async with asyncio.timeout(10):
             assert (await apache_server.stdout.readline()).decode().strip() == "got Alice: still connected"
+
+
+@pytest.mark.parametrize(
+    ("apache_server", "transport", "protocol"),
+    [
+        (("buffered", "binary", "threaded"), "buffered", "binary"),
+        (("framed", "compact", "threaded"), "framed", "compact"),
+    ],
+    indirect=["apache_server"],
+    ids=["buffered-binary", "framed-compact"],
+)
+async def test_our_pipelined_client_against_an_apache_tthreadedserver(
+    apache_server: Any, transport: str, protocol: str
+) -> None:
+    """Apache's TThreadedServer answers one connection's calls in order: 50 calls in flight on one
+    connection each get their own reply, and the server got every message once."""
+    async with ChatClient(LOOPBACK, apache_server.port, transport=transport, protocol=protocol, timeout=10,
+                          pool_size=1) as client:
+        await asyncio.gather(*(client.sendMessage(Message(sender="Alice", content=f"m{i}")) for i in range(50)))
+        async with asyncio.timeout(10):
+            got = [(await apache_server.stdout.readline()).decode().strip() for _ in range(50)]
+    assert got == [f"got Alice: m{i}" for i in range(50)]  # one connection: in the order they were made
 
 
 # -- One port, and what it turns away ------------------------------------------------------------------------
