@@ -6,7 +6,13 @@ Names load on first use, so that `python -m async_chat.server` does not import i
 from __future__ import annotations
 
 import importlib
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = metadata.version("async-chat")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 if TYPE_CHECKING:
     from .client import ChatClient, MessageStream, Missed
@@ -75,6 +81,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "__version__",
 ]
 
 

@@ -123,6 +123,7 @@ class _Wire(asyncio.Protocol):
         self._out: list[bytes] = []
         self._turn = False
         """Whether a call was written in this turn of the event loop: later ones wait for its end."""
+        self._answered = False
         self._lost: str | None = None
         self._incoming: _Incoming | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -181,7 +182,14 @@ class _Wire(asyncio.Protocol):
             self._break(f"an unreadable reply: {exc}")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(f"connection lost ({exc})" if exc else "the server closed the connection")
+        if exc is not None:
+            why = f"connection lost ({exc})"
+        elif not self._answered:
+            why = ("the server closed the connection before answering anything (does it speak TLS only, or"
+                   " another transport or protocol?)")
+        else:
+            why = "the server closed the connection"
+        self._fail(why)
         if self._incoming is not None:
             self._incoming.close()
 
@@ -222,6 +230,7 @@ class _Wire(asyncio.Protocol):
         if reply.seqid != seqid or reply.api != api:  # the call stays in line, to fail with the rest
             raise ValueError(f"a reply to {reply.api} #{reply.seqid} where {api} #{seqid} was next")
         self._waiting.popleft()
+        self._answered = True
         self.last_used = time.monotonic()
         self._client._room_freed()
         if future.done():  # its caller gave up (a timeout, a cancellation): the reply only keeps us in step
@@ -590,6 +599,11 @@ class MessageStream(AsyncResource):
         self._in_call = False
         self.reconnects = 0
         client._streams.add(self)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the stream has a connection up now (it reconnects by itself when it has not)."""
+        return self._conn is not None and not self._conn.lost
 
     def __repr__(self) -> str:
         state = "CLOSED" if self._closed else ("SUBSCRIBED" if self.subscription_id else "CONNECTING")

@@ -194,13 +194,36 @@ class Codec:
         api, _kind, seqid = await prot.read_message_begin()
         if isinstance(api, bytes):  # a non-strict call's name: thriftpy2 leaves it undecoded
             api = api.decode("utf-8")
-        args_type = self._args.get(api)
-        if args_type is None:
-            await prot.skip(TType.STRUCT)
-            return Call(api, seqid, None)
-        args = args_type()
-        await prot.read_struct(args)
+        try:
+            args_type = self._args.get(api)
+            if args_type is None:
+                await prot.skip(TType.STRUCT)
+                return Call(api, seqid, None)
+            args = args_type()
+            await prot.read_struct(args)
+        except wire.CallTooLarge as exc:
+            exc.call = (api, seqid)  # the header was read: the call can be answered before its connection goes
+            raise
         return Call(api, seqid, args)
+
+    def header(self, data: bytes) -> tuple[str, int] | None:
+        """The (method, seqid) a call's first bytes carry, if they hold its header; else None."""
+        if self.protocol == "binary":
+            prot: Any = TAsyncBinaryProtocol(Frame(data), strict_read=False)
+        else:
+            prot = wire.SafeCompactProtocol(Frame(data))  # type: ignore[no-untyped-call]
+        reading = prot.read_message_begin()
+        try:
+            reading.send(None)
+        except StopIteration as done:
+            api, _kind, seqid = done.value
+            if isinstance(api, bytes):
+                api = api.decode("utf-8", "replace")
+            return (api, seqid) if isinstance(api, str) and isinstance(seqid, int) else None
+        except Exception:  # not a header, or not all of it
+            return None
+        reading.close()
+        return None
 
     # -- encoding -------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TTransportException
 
 from . import wire
@@ -308,7 +309,9 @@ class Connection(asyncio.Protocol):
         if size < 0:
             raise CallTooLarge(f"a frame claimed a negative length ({size})")
         if size > limit:
-            raise CallTooLarge(f"a call claimed {size} bytes more; the limit is {limit}")
+            refused = CallTooLarge(f"a call of {size} bytes; the limit is {limit}")
+            refused.call = codec.header(bytes(buffer[4:4 + 1024]))
+            raise refused
         if len(buffer) < 4 + size:
             self._frame_size = 4 + size  # within the limit: read on until it is all here
             return None
@@ -439,6 +442,11 @@ class Connection(asyncio.Protocol):
                 logger, logging.WARNING, "call_too_large", "closing %r: %s (--max-call-bytes)", self, exc,
                 peer=self.peer,
             )
+            if exc.call is not None and self._codec is not None and self._transport is not None:
+                api, seqid = exc.call  # its client is told why, in the one way every Thrift client reads
+                refusal = TApplicationException(TApplicationException.UNKNOWN, f"TOO_LARGE: {exc} (--max-call-bytes)")
+                reply = self._codec.exception(api, seqid, refusal)
+                self._transport.write(len(reply).to_bytes(4, "big") + reply if self._framed else reply)
         else:
             self._server.unreadable_total += 1
             self._server.episodes.log(

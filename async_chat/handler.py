@@ -8,6 +8,7 @@ Method names are the IDL's, camelCase included.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,10 @@ from .session import SESSION
 from .settings import Settings
 
 MAX_STATS_ROOMS = 1000
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""What a sender, room or client_msg_id may not contain: C0 and C1 controls, DEL, line and paragraph separators."""
 
 
 class ChatHandler:
@@ -196,3 +201,6 @@ class ChatHandler:
             raise InvalidRequest(f"{what} must be a string")
         if len(value) > self.settings.max_name_length:
             raise TooLarge(f"{what} is {len(value)} characters; the limit is {self.settings.max_name_length}")
+        control = _CONTROL.search(value)
+        if control is not None:  # a newline or an escape in a name would forge or garble every reader's line
+            raise InvalidRequest(f"{what} must not contain control characters (it has U+{ord(control[0]):04X})")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from anyio.abc import AsyncResource
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .errors import InvalidRequest
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -42,8 +43,10 @@ class Monitor(AsyncResource):
     async def start(self) -> None:
         try:
             self._listener = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_REQUEST_BYTES)
-        except OSError as exc:
-            raise OSError(exc.errno, f"{exc.strerror or exc} (the metrics port {self.port})") from None
+        except OSError as exc:  # the Thrift port was bound already: this one is the one to name
+            raise InvalidRequest(
+                f"cannot serve metrics on {self.host}:{self.port} (--metrics-port): {exc.strerror or exc}"
+            ) from None
         self.port = self._listener.sockets[0].getsockname()[1]
 
     async def aclose(self) -> None:

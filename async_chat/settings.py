@@ -12,11 +12,9 @@ import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
-from . import logs, wire
-from .brokers import SCHEMES
-from .brokers.sqlite import parse_url as sqlite_url
+from . import __version__, logs, wire
+from .brokers import check_url
 from .errors import InvalidRequest
 from .hub import OVERFLOW_POLICIES
 
@@ -73,13 +71,15 @@ class Settings:
         problems = []
         if not 0 <= self.port <= 65535:
             problems.append(f"port must be 0..65535, not {self.port}")
-        if urlsplit(self.broker).scheme not in SCHEMES:
-            problems.append(f"broker must be a URL of {', '.join(s + '://' for s in SCHEMES)}, not {self.broker!r}")
-        elif urlsplit(self.broker).scheme == "sqlite":
-            try:
-                sqlite_url(self.broker)
-            except InvalidRequest as exc:
-                problems.append(exc.reason)
+        try:
+            check_url(self.broker)
+        except InvalidRequest as exc:
+            problems.append(exc.reason)
+        files = (("tls-cert", self.tls_cert), ("tls-key", self.tls_key), ("tls-client-ca", self.tls_client_ca),
+                 ("auth-secret-file", self.auth_secret_file))
+        for flag, path in files:
+            if path is not None and not os.path.isfile(path):
+                problems.append(f"{flag} {path}: no such file")
         if self.transport not in TRANSPORTS:
             problems.append(f"transport must be one of {', '.join(TRANSPORTS)}, not {self.transport!r}")
         if self.protocol not in PROTOCOLS:
@@ -265,7 +265,13 @@ def _converter(field_type: str, field: str = "") -> Callable[[str], Any]:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2."""
+    """An ArgumentParser whose errors are one line on stderr (no usage block), exit status 2. Options are
+    never abbreviated: `--prot 9090` is an error, not `--protocol 9090`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -317,4 +323,8 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         return Settings(**vars(namespace))
     except InvalidRequest as exc:
-        parser.error(exc.reason)
+        reason = exc.reason
+        given = [f"{o.env}={environ[o.env]}" for o in OPTIONS
+                 if o.field in env_defaults and getattr(namespace, o.field) == env_defaults[o.field]
+                 and o.flag.lstrip("-") in reason]
+        parser.error(reason + (f" (from the environment: {', '.join(given)})" if given else ""))

@@ -47,7 +47,10 @@ otherwise pass for a 352 MiB frame of non-strict binary."""
 
 class CallTooLarge(Exception):
     """A call longer than --max-call-bytes, or with a negative length: its connection is closed before the
-    rest is read."""
+    rest is read. `call` is the (method, seqid) it began with, when that was read: the server then answers
+    it TOO_LARGE before closing, so that its client is told why."""
+
+    call: tuple[str, int] | None = None
 
 
 class TruncatedCall(Exception):

@@ -34,14 +34,20 @@ async def logged(server: ServerProcess, text: str, count: int = 1) -> None:
             await asyncio.sleep(0.05)
 
 
-async def closed_on(port: int, data: bytes) -> None:
-    """Send `data` on a new connection: the server must close it without a reply (bounded by the test)."""
+async def closed_on(port: int, data: bytes, *, told: bool = False) -> None:
+    """Send `data` on a new connection: the server must close it, with no reply or (`told`: a call whose
+    header it read) with only a TOO_LARGE error for that call, so that its client knows why."""
     reader, writer = await asyncio.open_connection(LOOPBACK, port)
     try:
         writer.write(data)
-        assert await read_to_close(reader) == b""
+        rest = await read_to_close(reader)
     finally:
         writer.close()
+    if told:
+        assert b"TOO_LARGE" in rest, rest
+        assert rest.count(b"publish") == 1
+    else:
+        assert rest == b""
 
 
 async def served(port: int) -> None:
@@ -96,9 +102,9 @@ async def test_a_flood_of_bad_connections_is_a_few_log_lines_not_one_each() -> N
     server = await start_server()
     try:
         claim = b"\x0c\x00\x01\x0b\x00\x02" + struct.pack(">i", 2**31 - 1)  # a 2 GiB content
-        for payload in (b"GET / HTTP/1.1\r\n\r\n", call(b"publish", claim)):
+        for payload, told in ((b"GET / HTTP/1.1\r\n\r\n", False), (call(b"publish", claim), True)):
             for _ in range(100):
-                await closed_on(server.port, payload)
+                await closed_on(server.port, payload, told=told)
         await served(server.port)
     finally:
         await server.kill()
@@ -129,7 +135,7 @@ async def test_a_million_unknown_values_are_refused_at_their_header(framing: str
             [0x80 | ((elements >> 7) & 0x7F), elements >> 14]
         ) + b"\x01" * elements + b"\x00\x00"
         data = struct.pack(">i", len(body)) + body if framing == "framed" else body
-        await closed_on(server.port, data)
+        await closed_on(server.port, data, told=True)
         await logged(server, "values in fields this server does not know")
     finally:
         await server.kill()
@@ -285,7 +291,7 @@ async def test_a_buffered_claim_of_two_billion_values_is_closed_at_once_not_at_t
     server = await start_server()  # the default idle timeout: 120 s, longer than this test may take
     try:
         claim = b"\x0f\x00\x01\x08" + struct.pack(">i", 2**31 - 1) + b"\x00\x00\x00\x01"
-        await closed_on(server.port, call(b"publish", claim))
+        await closed_on(server.port, call(b"publish", claim), told=True)
         await logged(server, "values in fields this server does not know")
         await served(server.port)
     finally:

@@ -93,6 +93,16 @@ def test_port_in_use_is_one_line_and_non_zero() -> None:
         (["--idle-timeout", "5"], {}, "idle-timeout (5s) must exceed max-poll-wait-ms (30s)"),
         (["--broker", "kafka://x"], {}, "broker must be a URL of memory://"),
         ([], {"ASYNC_CHAT_QUEUE_SIZE": "lots"}, "ASYNC_CHAT_QUEUE_SIZE='lots' is not a valid int"),
+        ([], {"ASYNC_CHAT_HISTORY": "-5"}, "history must be 0 or more (from the environment: ASYNC_CHAT_HISTORY=-5)"),
+        (["--prot", "9090"], {}, "unrecognized arguments: --prot 9090"),  # never taken as --protocol
+        (["--broker", "redis://h:99999/0"], {}, "Port out of range 0-65535"),
+        (["--broker", "redis://h:abc/0"], {}, "Port could not be cast to integer value as 'abc'"),
+        (["--broker", "redis://[::1"], {}, "Invalid IPv6 URL"),
+        (["--broker", "redis://h/0?socket_timeout=abc"], {}, "socket_timeout='abc' is not a valid value"),
+        (["--broker", "redis://h/0?foo=bar"], {}, "unknown option 'foo' (known: client_name,"),
+        (["--broker", "redis://:pw@h/abc"], {}, "'redis://***@h/abc': the database must be a number (/0)"),
+        (["--broker", "rediss://h/0?ssl_ca_certs=/no/ca.pem"], {}, "the ssl_ca_certs file /no/ca.pem does not exist"),
+        (["--auth-secret-file", "/no/secret"], {}, "auth-secret-file /no/secret: no such file"),
     ],
 )
 def test_bad_configuration_is_one_line_and_exit_2(args: list[str], env: dict[str, str], complaint: str) -> None:
@@ -165,3 +175,36 @@ def test_readme_configuration_table_matches_the_options() -> None:
     for option in OPTIONS:
         row = f"| `{option.flag}` | `{option.env}` | `{getattr(defaults, option.field)}` |"
         assert row in readme, f"README's table is out of date for {option.flag}"
+
+
+@pytest.mark.parametrize("command", ["async_chat.server", "async_chat.chat", "async_chat.admin"])
+def test_every_command_says_its_version(command: str) -> None:
+    import async_chat
+
+    done = subprocess.run([sys.executable, "-m", command, "--version"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"python -m {command} {async_chat.__version__}"
+    assert async_chat.__version__ != "0+unknown"  # installed: the version comes from the package's metadata
+
+
+def test_a_metrics_port_in_use_names_the_metrics_port() -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli(["--host", LOOPBACK, "--port", "0", "--metrics-port", str(port)])
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"async_chat: cannot serve metrics on {LOOPBACK}:{port} (--metrics-port):"), line
+
+
+def test_the_redis_broker_without_redis_py_names_the_extra_to_install() -> None:
+    hide_redis = "import sys, runpy; sys.modules['redis'] = None; sys.argv[0] = 'server';" \
+                 " runpy.run_module('async_chat.server', run_name='__main__')"
+    done = subprocess.run([sys.executable, "-c", hide_redis, "--port", "0", "--broker", "redis://127.0.0.1:1/0"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()[-1:]
+    assert "needs redis-py" in line
+    assert "pip install 'async-chat[redis]'" in line
+    assert "Traceback" not in done.stderr

@@ -7,7 +7,17 @@ import contextlib
 
 import pytest
 
-from async_chat import CallTimeout, ChatClient, ChatServer, ConnectionLost, Message, Missed, Settings, Unavailable
+from async_chat import (
+    CallTimeout,
+    ChatClient,
+    ChatServer,
+    ConnectionLost,
+    Message,
+    Missed,
+    Settings,
+    TooLarge,
+    Unavailable,
+)
 from async_chat.contract import ServerStats
 from benchmarks.processes import start_server
 
@@ -210,3 +220,16 @@ async def test_a_reply_out_of_step_breaks_only_its_connection() -> None:
                 await writer.wait_closed()
         await listener.wait_closed()
     assert len(writers) == 2
+
+
+@pytest.mark.parametrize(
+    ("transport", "protocol"), [("buffered", "binary"), ("framed", "binary"), ("buffered", "compact"),
+                                ("framed", "compact")],
+)
+async def test_a_call_over_the_servers_limit_is_too_large_not_a_lost_connection(
+    server: ChatServer, transport: str, protocol: str
+) -> None:
+    async with ChatClient(LOOPBACK, server.port, transport=transport, protocol=protocol) as client:
+        with pytest.raises(TooLarge, match=r"the limit is 262144 \(--max-call-bytes\)"):
+            await client.publish(Message(sender="big", content="x" * (1 << 20), room="r"))
+        assert await client.publish(Message(sender="small", content="fits", room="r")) == 1

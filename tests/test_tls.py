@@ -77,11 +77,13 @@ async def test_client_certificates_are_required_when_asked_for(
 @pytest.mark.parametrize(
     ("args", "status", "says"),
     [
-        (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], 1, "cannot use the TLS files"),
+        (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], 2,
+         "tls-cert /nonexistent/cert.pem: no such file; tls-key /nonexistent/key.pem: no such file"),
+        (["--tls-cert", __file__, "--tls-key", __file__], 1, "cannot use the TLS files"),
         (["--tls-cert", "/nonexistent/cert.pem"], 2, "tls-cert and tls-key go together"),
         (["--tls-client-ca", "/nonexistent/ca.pem"], 2, "tls-client-ca needs tls-cert"),
     ],
-    ids=["missing-files", "cert-without-key", "ca-without-cert"],
+    ids=["missing-files", "not-pem", "cert-without-key", "ca-without-cert"],
 )
 def test_tls_misconfiguration_is_one_line(args: list[str], status: int, says: str, tmp_path: Path) -> None:
     done = subprocess.run(

@@ -11,9 +11,11 @@ Redis, trimmed before this node read it) is simply absent: the hub counts such a
 from __future__ import annotations
 
 import abc
+import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from ..errors import InvalidRequest
 
@@ -81,9 +83,65 @@ class Broker(abc.ABC):
         """Stop delivering and release what the broker holds."""
 
 
+_REDIS_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "socket_timeout": float, "socket_connect_timeout": float, "health_check_interval": int,
+    "socket_keepalive": lambda v: {"true": True, "false": False, "1": True, "0": False}[v.lower()],
+    "ssl_check_hostname": lambda v: {"true": True, "false": False, "1": True, "0": False}[v.lower()],
+    "ssl_cert_reqs": lambda v: {"none": v, "optional": v, "required": v}[v.lower()],
+    "ssl_ca_certs": str, "ssl_certfile": str, "ssl_keyfile": str, "client_name": str, "protocol": int,
+}
+"""The redis-py connection options a broker URL may carry, each with how its value is read; the rest
+(retries among them: a retried publish could store twice) are refused rather than passed on blindly."""
+_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def check_url(url: str) -> None:
+    """InvalidRequest, in one line naming what is wrong, for a broker URL that cannot work; nothing is
+    imported or reached here (a Redis that is down is the broker's to report)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:  # "[::1", port 99999, port "abc"
+        raise InvalidRequest(f"broker URL {redact(url)!r}: {exc}") from None
+    if parts.scheme not in SCHEMES:
+        raise InvalidRequest(f"broker must be a URL of {', '.join(s + '://' for s in SCHEMES)}, not {redact(url)!r}")
+    if parts.scheme == "sqlite":
+        from .sqlite import parse_url
+
+        parse_url(url)
+    elif parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise InvalidRequest(f"broker URL {redact(url)!r}: no host (redis://host:6379/0)")
+        if port == 0:
+            raise InvalidRequest(f"broker URL {redact(url)!r}: port 0 is not a Redis port")
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise InvalidRequest(f"broker URL {redact(url)!r}: the database must be a number (/0), not {database!r}")
+        try:
+            options = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+        except ValueError as exc:
+            raise InvalidRequest(f"broker URL {redact(url)!r}: {exc}") from None
+        for name, values in options.items():
+            read = _REDIS_OPTIONS.get(name)
+            if read is None:
+                raise InvalidRequest(
+                    f"broker URL {redact(url)!r}: unknown option {name!r} (known: {', '.join(sorted(_REDIS_OPTIONS))})"
+                )
+            try:
+                read(values[-1])
+            except (ValueError, KeyError):
+                value = values[-1]
+                raise InvalidRequest(f"broker URL {redact(url)!r}: {name}={value!r} is not a valid value") from None
+            if name in _FILES and not os.path.isfile(values[-1]):
+                raise InvalidRequest(f"broker URL {redact(url)!r}: the {name} file {values[-1]} does not exist")
+
+
 def redact(url: str) -> str:
     """`url` without its credentials, for logs and reprs: redis://:pw@host/0 -> redis://***@host/0."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not a URL urllib can split: hide whatever stands before an @ all the same
+        return re.sub(r"//[^/@]*@", "//***@", url)
     if "@" not in parts.netloc:
         return url
     return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
@@ -116,7 +174,13 @@ def open_broker(settings: Settings) -> Broker:
             timeout=settings.broker_timeout,
         )
     if scheme in ("redis", "rediss"):
-        from .redis import RedisBroker
+        try:
+            from .redis import RedisBroker
+        except ImportError as exc:
+            raise InvalidRequest(
+                f"the {scheme}:// broker needs redis-py, which is not installed ({exc}):"
+                " pip install 'async-chat[redis]'"
+            ) from None
 
         return RedisBroker(
             url,
