@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
 from thriftpy2.protocol.compact import TCompactProtocol
 from thriftpy2.protocol.cybin import TCyBinaryProtocol  # type: ignore[attr-defined]  # a Cython module
 from thriftpy2.thrift import TApplicationException, TMessageType, TType
@@ -168,9 +167,9 @@ class Codec:
     async def read_reply(self, source: Source) -> Reply:
         """Read one reply from `source`, value by value: compact's way (and any reply not whole)."""
         if self.protocol == "binary":
-            prot: Any = TAsyncBinaryProtocol(source, strict_read=False)
+            prot: Any = wire.TAsyncBinaryProtocol(source, strict_read=False)
         else:
-            prot = wire.SafeCompactProtocol(source)  # type: ignore[no-untyped-call]
+            prot = wire.SafeCompactProtocol(source)
         api, kind, seqid = await prot.read_message_begin()
         if isinstance(api, bytes):
             api = api.decode("utf-8")
@@ -188,9 +187,9 @@ class Codec:
     async def read_call(self, source: Source) -> Call:
         """Read one call from `source`, value by value (the aio protocol's way): the safe, slow path."""
         if self.protocol == "binary":
-            prot: Any = TAsyncBinaryProtocol(source, strict_read=False)
+            prot: Any = wire.TAsyncBinaryProtocol(source, strict_read=False)
         else:
-            prot = wire.SafeCompactProtocol(source)  # type: ignore[no-untyped-call]
+            prot = wire.SafeCompactProtocol(source)
         api, _kind, seqid = await prot.read_message_begin()
         if isinstance(api, bytes):  # a non-strict call's name: thriftpy2 leaves it undecoded
             api = api.decode("utf-8")
@@ -209,9 +208,9 @@ class Codec:
     def header(self, data: bytes) -> tuple[str, int] | None:
         """The (method, seqid) a call's first bytes carry, if they hold its header; else None."""
         if self.protocol == "binary":
-            prot: Any = TAsyncBinaryProtocol(Frame(data), strict_read=False)
+            prot: Any = wire.TAsyncBinaryProtocol(Frame(data), strict_read=False)
         else:
-            prot = wire.SafeCompactProtocol(Frame(data))  # type: ignore[no-untyped-call]
+            prot = wire.SafeCompactProtocol(Frame(data))
         reading = prot.read_message_begin()
         try:
             reading.send(None)

@@ -16,17 +16,34 @@ Anything else is not Thrift we can read. A non-strict client is answered non-str
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-import thriftpy2.contrib.aio.protocol.binary as aio_binary
-import thriftpy2.contrib.aio.protocol.compact as aio_compact
-from thriftpy2.contrib.aio.protocol.binary import TAsyncBinaryProtocol
-from thriftpy2.contrib.aio.protocol.compact import TAsyncCompactProtocol
 from thriftpy2.contrib.aio.transport.buffered import TAsyncBufferedTransportFactory
 from thriftpy2.contrib.aio.transport.framed import TAsyncFramedTransportFactory
 from thriftpy2.protocol.exc import TProtocolException
 from thriftpy2.thrift import TType
+
+
+def _own_copy(name: str) -> ModuleType:
+    """A second instance of thriftpy2's module `name`, ours alone: its decoder calls module-level functions
+    (`skip`, `read_varint`), and those are replaced in this copy, so that an application's own thriftpy2
+    clients and servers, which use the original module, behave exactly as thriftpy2 made them."""
+    spec = importlib.util.find_spec(name)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+aio_binary: Any = _own_copy("thriftpy2.contrib.aio.protocol.binary")
+aio_compact: Any = _own_copy("thriftpy2.contrib.aio.protocol.compact")
+TAsyncBinaryProtocol: Any = aio_binary.TAsyncBinaryProtocol
+"""The binary aio protocol of our copy: its unknown fields are skipped by `_safe_binary_skip`."""
+TAsyncCompactProtocol: Any = aio_compact.TAsyncCompactProtocol
 
 TRANSPORTS = ("buffered", "framed")
 """The transports a client may choose (the server also takes "auto": any of them)."""
@@ -174,7 +191,7 @@ async def _safe_binary_skip(inbuf: Any, ftype: int, depth: int = _MAX_DEPTH) -> 
 
 _thriftpy2_binary_skip: Any = aio_binary.skip
 # thriftpy2's binary decoder calls its module-level `skip` (for unknown fields and methods, and for its
-# own recursion): replace it there, for every binary protocol in the process, ours and the client's.
+# own recursion): replaced in our copy of the module only.
 aio_binary.skip = _safe_binary_skip
 
 
@@ -190,27 +207,27 @@ async def _read_varint(trans: Any) -> int:
     raise TProtocolException(TProtocolException.INVALID_DATA, f"a varint longer than {MAX_VARINT_BYTES} bytes")
 
 
-# The compact decoder calls its module-level `read_varint` everywhere: bound it there.
+# The compact decoder calls its module-level `read_varint` everywhere: bound in our copy of the module.
 aio_compact.read_varint = _read_varint
 
 
-class SafeCompactProtocol(TAsyncCompactProtocol):
+class SafeCompactProtocol(TAsyncCompactProtocol):  # type: ignore[misc]  # a class from a module copy
     """Compact, with the same refusal and budget; its skip is a method that recurses through `self.skip`."""
 
-    async def skip(self, ttype: int) -> None:  # type: ignore[override]  # the aio base is async
+    async def skip(self, ttype: int) -> None:  # the aio base is async
         _refuse_unskippable(ttype)
         budget = _budget_of(self.trans)
         if budget is not None:
             budget.spend()
-        await super().skip(ttype)  # type: ignore[no-untyped-call]
+        await super().skip(ttype)
 
     async def _read_collection_begin(self) -> tuple[int, int]:
-        ttype, size = await super()._read_collection_begin()  # type: ignore[no-untyped-call]
+        ttype, size = await super()._read_collection_begin()
         self._claim(size)
         return ttype, size
 
     async def _read_map_begin(self) -> tuple[int, int, int]:
-        ktype, vtype, size = await super()._read_map_begin()  # type: ignore[no-untyped-call]
+        ktype, vtype, size = await super()._read_map_begin()
         self._claim(2 * size)
         return ktype, vtype, size
 
@@ -220,7 +237,7 @@ class SafeCompactProtocol(TAsyncCompactProtocol):
             budget.claim(values)
 
 
-class _NonStrictBinaryProtocol(TAsyncBinaryProtocol):
+class _NonStrictBinaryProtocol(TAsyncBinaryProtocol):  # type: ignore[misc]  # as above
     """Binary that also reads messages without a version header.
 
     thriftpy2 returns such a message's method name as bytes (its strict path decodes it), which no
@@ -228,10 +245,10 @@ class _NonStrictBinaryProtocol(TAsyncBinaryProtocol):
     """
 
     def __init__(self, trans: Any) -> None:
-        super().__init__(trans, strict_read=False, strict_write=False)  # type: ignore[no-untyped-call]
+        super().__init__(trans, strict_read=False, strict_write=False)
 
-    async def read_message_begin(self) -> tuple[str, int, int]:  # type: ignore[override]  # the aio base is async
-        name, kind, seqid = await super().read_message_begin()  # type: ignore[no-untyped-call]
+    async def read_message_begin(self) -> tuple[str, int, int]:  # the aio base is async
+        name, kind, seqid = await super().read_message_begin()
         if isinstance(name, bytes):
             name = name.decode("utf-8")
         return name, kind, seqid
@@ -259,7 +276,7 @@ class Dialect:
         """A thriftpy2 aio protocol over `stream` (anything with StreamHandler's read/write/flush/close)."""
         trans = _TRANSPORT_FACTORIES[self.transport].get_transport(stream)
         if self.protocol == "compact":
-            return SafeCompactProtocol(trans)  # type: ignore[no-untyped-call]
+            return SafeCompactProtocol(trans)
         return TAsyncBinaryProtocol(trans) if self.strict else _NonStrictBinaryProtocol(trans)
 
     def allowed_by(self, transport: str, protocol: str) -> bool:

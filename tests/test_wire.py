@@ -62,3 +62,23 @@ def test_dialects_name_themselves_and_know_what_a_server_allows() -> None:
     assert not Dialect("framed", "compact").allowed_by("auto", "binary")
     with pytest.raises(ValueError, match="transport must be one of buffered, framed"):
         Dialect("auto", "binary")
+
+
+def test_our_decoder_fixes_stay_in_our_own_copy_of_thriftpy2() -> None:
+    """Importing async_chat changes nothing of thriftpy2 for an application's own clients and servers: the
+    bounded skip and varint live in a copy of thriftpy2's modules that only our protocols use."""
+    import importlib
+
+    import thriftpy2.contrib.aio.protocol.binary as their_binary
+    import thriftpy2.contrib.aio.protocol.compact as their_compact
+
+    from async_chat import wire
+
+    pristine_binary = importlib.util.find_spec(their_binary.__name__)
+    assert pristine_binary is not None
+    assert their_binary.skip.__module__ == their_binary.__name__  # thriftpy2's own skip, not ours
+    assert their_binary.skip.__code__.co_filename == pristine_binary.origin
+    assert their_compact.read_varint.__module__ == their_compact.__name__
+    assert wire.aio_binary.skip is wire._safe_binary_skip  # ours, in our copy
+    assert wire.aio_compact.read_varint is wire._read_varint
+    assert wire.TAsyncBinaryProtocol is not their_binary.TAsyncBinaryProtocol
