@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl as ssl_module
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from .client import ChatClient
 from .errors import ChatError
 from .handler import MAX_STATS_ROOMS
 from .settings import OneLineParser
+from .tlsargs import add_tls_arguments, client_tls
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--rooms", type=int, default=20, help=f"how many rooms to list (0..{MAX_STATS_ROOMS})")
     stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     stats.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server")
-    stats.add_argument("--token", help="a token, for a server started with --auth-secret-file")
+    stats.add_argument("--token", help="a token, for a server started with --auth-secret-file (an identity"
+                       " in its --admin-identities)")
+    add_tls_arguments(stats)
     token = commands.add_parser(
         "token", help="mint a token for a server started with --auth-secret-file",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -71,8 +75,10 @@ def as_json(stats: Any) -> str:
     return json.dumps(fields)
 
 
-async def fetch(host: str, port: int, rooms: int, timeout: float, token: str | None) -> Any:
-    async with ChatClient(host, port, pool_size=1, timeout=timeout, connect_timeout=timeout, token=token) as client:
+async def fetch(host: str, port: int, rooms: int, timeout: float, token: str | None,
+                ssl: ssl_module.SSLContext | None = None) -> Any:
+    async with ChatClient(host, port, pool_size=1, timeout=timeout, connect_timeout=timeout, token=token,
+                          ssl=ssl) as client:
         return await client.stats(rooms)
 
 
@@ -83,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "token":
             print(auth.mint(auth.load_secret(args.secret_file), args.identity, args.ttl))
             return 0
-        stats = asyncio.run(fetch(args.host, args.port, args.rooms, args.timeout, args.token))
+        stats = asyncio.run(fetch(args.host, args.port, args.rooms, args.timeout, args.token, client_tls(args)))
     except ChatError as exc:
         parser.exit(1, f"async_chat.admin: {exc}\n")
     except ValueError as exc:

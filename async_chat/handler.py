@@ -44,6 +44,8 @@ class ChatHandler:
         """None: no authentication (senders are taken as given)."""
         self._connections = connections or (lambda: (0, 0))
         """(open, total) connections: the server's, for stats()."""
+        self._admins = frozenset(n.strip() for n in (settings.admin_identities or "").split(",") if n.strip())
+        """With authentication on, who may call stats()."""
         self._started = time.monotonic()
 
     def __repr__(self) -> str:
@@ -132,7 +134,10 @@ class ChatHandler:
         return await self.hub.history(self._room(room), from_seq, min(limit, self.settings.max_poll_messages))
 
     async def stats(self, max_rooms: int | None) -> Any:
-        self._caller()
+        caller = self._caller()
+        if caller is not None and caller not in self._admins:
+            # Every room's name and size is the operators' to see, not every user's.
+            raise Unauthorized(f"stats() is for the identities in --admin-identities; {caller!r} is not one")
         if max_rooms is None or not 0 <= max_rooms <= MAX_STATS_ROOMS:
             raise InvalidRequest(f"max_rooms must be 0..{MAX_STATS_ROOMS}, not {max_rooms}")
         hub = self.hub

@@ -62,6 +62,7 @@ class Settings:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     auth_secret_file: str | None = None
+    admin_identities: str | None = None
     publish_rate: float = 5000.0
     publish_burst: int = 5000
     log_level: str = "INFO"
@@ -252,6 +253,11 @@ OPTIONS: tuple[Option, ...] = (
         "auth_secret_file",
         "turn authentication on: clients must authenticate(token) with a token signed by the secret in this"
         " file, and the server sets each message's sender. Unset: off, senders are taken as given",
+    ),
+    Option(
+        "admin_identities",
+        "with authentication on, the identities (comma-separated) that may call stats(), which names every"
+        " room; others get UNAUTHORIZED. Without authentication anyone who reaches the port may",
     ),
     Option("log_level", "log verbosity", LOG_LEVELS),
     Option("log_format", "log lines as key=value text or as one JSON object each", LOG_FORMATS),

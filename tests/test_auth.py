@@ -114,3 +114,14 @@ def test_admin_mints_tokens_the_server_accepts_and_short_secrets_are_refused(
     assert done.returncode == 1
     assert done.stderr.strip().endswith("use at least 32 (e.g. `head -c 48 /dev/urandom | base64 > secret`)")
     assert done.stderr.count("\n") == 1
+
+
+async def test_stats_names_rooms_to_admin_identities_only(make_server: ServerFactory, secret_file: Path) -> None:
+    server = await make_server(auth_secret_file=str(secret_file), admin_identities="ops, root")
+    async with ChatClient(LOOPBACK, server.port, token=mint(SECRET, "alice", ttl=60)) as user:
+        await user.publish(Message(sender="x", content="in a secret room", room="secret-project"))
+        with pytest.raises(Unauthorized, match=r"stats\(\) is for the identities in --admin-identities"):
+            await user.stats(10)
+    async with ChatClient(LOOPBACK, server.port, token=mint(SECRET, "ops", ttl=60)) as admin:
+        stats = await admin.stats(10)
+    assert stats.published == 1

@@ -93,3 +93,21 @@ def test_tls_misconfiguration_is_one_line(args: list[str], status: int, says: st
     assert done.returncode == status
     assert says in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+async def test_admin_stats_reaches_a_tls_only_server(tmp_path: Path) -> None:
+    from benchmarks.processes import start_server
+
+    certs = make_certificates(tmp_path)
+    server = await start_server("--tls-cert", str(certs.server_cert), "--tls-key", str(certs.server_key))
+    try:
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "async_chat.admin", "stats", "--port", str(server.port), "--tls-ca", str(certs.ca),
+             "--json"],
+            capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        await server.kill()
+    assert done.returncode == 0, done.stderr
+    assert '"broker_up": true' in done.stdout
