@@ -38,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
                        " in its --admin-identities)")
     add_tls_arguments(stats)
     token = commands.add_parser(
-        "token", help="mint a token for a server started with --auth-secret-file",
+        "token", help="mint a token (an HS256 JWT) for a server started with --auth-secret-file",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     token.add_argument("--secret-file", required=True, help="the server's --auth-secret-file")
     token.add_argument("--identity", required=True, help="who the token's holder is: their messages' sender")
     token.add_argument("--ttl", type=float, default=86400.0, help="seconds the token can be presented")
+    token.add_argument("--audience", help="its aud claim, for a server with --auth-audience")
+    token.add_argument("--issuer", help="its iss claim, for a server with --auth-issuer")
     return parser
 
 
@@ -87,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "token":
-            print(auth.mint(auth.load_secret(args.secret_file), args.identity, args.ttl))
+            secret = auth.load_secret(args.secret_file)
+            print(auth.mint(secret, args.identity, args.ttl, audience=args.audience, issuer=args.issuer))
             return 0
         stats = asyncio.run(fetch(args.host, args.port, args.rooms, args.timeout, args.token, client_tls(args)))
     except ChatError as exc:

@@ -1,27 +1,35 @@
 """Authentication: a client proves who it is once per connection, and from then on the server writes
 that identity as the `sender` of every message the connection sends: no one can speak as someone else.
 
-Tokens are HMAC-SHA256 signed, with an expiry, so the server needs no user list, only a shared secret
-(`--auth-secret-file`), and anything holding the secret can mint them (`python -m async_chat.admin
-token`). Format: `v1.<identity, base64url>.<expiry, Unix seconds>.<signature, base64url>`. A token is
-checked when presented; a connection authenticated before its token expires stays authenticated.
-
-Which connection a call came on, and what it proved, is in `session.py`.
+Tokens are standard JWTs (RFC 7519), checked with PyJWT rather than a format of our own, so the identity
+providers people already run can mint them: the identity is the `sub` claim; `exp` is required, `nbf` is
+honoured, and `aud` and `iss` are checked when the server is told what to expect. Two kinds of key:
+- `--auth-secret-file`: a shared secret, HS256 (anything holding it can mint tokens, as
+  `python -m async_chat.admin token` does);
+- `--auth-public-key-file`: an RSA or EC public key (PEM), RS256 or ES256: the server can check tokens
+  but not mint them. Only the algorithms of the key given are accepted (never `none`, never HS256 with
+  a public key).
+A token is checked when presented; a connection authenticated before its token expires stays
+authenticated. Which connection a call came on, and what it proved, is in `session.py`.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import jwt
 
 from .errors import InvalidRequest, Unauthorized
 
-VERSION = "v1"
 MIN_SECRET_BYTES = 32
-MAX_TOKEN_LENGTH = 4096
+MAX_TOKEN_LENGTH = 8192
+LEEWAY_S = 5.0
+"""Clock difference allowed between the token's minter and this server, for exp and nbf."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def load_secret(path: str) -> bytes:
@@ -38,44 +46,113 @@ def load_secret(path: str) -> bytes:
     return secret
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+def load_public_key(path: str) -> tuple[Any, list[str]]:
+    """The public key in the PEM file `path`, and the algorithm its tokens must use."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(Path(path).read_bytes())
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the auth public key file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"the auth public key file {path} holds no PEM public key ({exc})") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return key, ["RS256"]
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return key, ["ES256"]
+    raise InvalidRequest(f"the auth public key in {path} is neither RSA (RS256) nor EC (ES256)")
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+@dataclass(frozen=True)
+class Verifier:
+    """What the server checks a token against."""
+
+    key: Any
+    algorithms: list[str]
+    audience: str | None = None
+    issuer: str | None = None
+    max_identity_length: int = 256
+
+    @classmethod
+    def from_files(cls, secret_file: str | None, public_key_file: str | None, *, audience: str | None = None,
+                   issuer: str | None = None, max_identity_length: int = 256) -> Verifier | None:
+        """The server's verifier, or None when authentication is off."""
+        if secret_file is not None:
+            key: Any = load_secret(secret_file)
+            algorithms = ["HS256"]
+        elif public_key_file is not None:
+            key, algorithms = load_public_key(public_key_file)
+        else:
+            return None
+        return cls(key, algorithms, audience, issuer, max_identity_length)
+
+    def verify(self, token: str, *, now: float | None = None) -> str:
+        """The identity (`sub`) `token` proves, or Unauthorized saying why not."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            raise Unauthorized(f"a token is required (a JWT of at most {MAX_TOKEN_LENGTH} characters)")
+        if not token.isascii():
+            raise Unauthorized("malformed token: a JWT is ASCII")
+        options: Any = {"require": ["exp", "sub"], "verify_aud": self.audience is not None}
+        try:
+            if now is None:
+                claims = jwt.decode(token, self.key, algorithms=self.algorithms, audience=self.audience,
+                                    issuer=self.issuer, options=options, leeway=LEEWAY_S)
+            else:
+                claims = _decode_at(token, self, options, now)
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("the token is not valid yet (nbf)") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized(f"the token is not for this audience (expected aud {self.audience!r})") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized(f"the token is not from the expected issuer ({self.issuer!r})") from None
+        except jwt.InvalidSignatureError:
+            raise Unauthorized("bad token signature") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"the token has no {exc.claim!r} claim") from None
+        except jwt.InvalidAlgorithmError:
+            accepted = ", ".join(self.algorithms)
+            raise Unauthorized(f"the token's algorithm is not accepted here (only {accepted})") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"malformed token ({exc})") from None
+        identity = claims.get("sub")
+        if not isinstance(identity, str) or not identity:
+            raise Unauthorized("the token's sub (the identity) must be a non-empty string")
+        if len(identity) > self.max_identity_length or _CONTROL.search(identity):
+            raise Unauthorized("the token's sub is too long or has control characters: it cannot be a sender")
+        return identity
 
 
-def _sign(secret: bytes, payload: str) -> str:
-    return _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
+def _decode_at(token: str, verifier: Verifier, options: Any, now: float) -> dict[str, Any]:
+    """jwt.decode as if the time were `now` (for tests of expiry): the signature, then the times by hand."""
+    untimed: Any = {**options, "verify_exp": False, "verify_nbf": False}
+    claims: dict[str, Any] = jwt.decode(
+        token, verifier.key, algorithms=verifier.algorithms, audience=verifier.audience, issuer=verifier.issuer,
+        options=untimed,
+    )
+    if claims["exp"] <= now - LEEWAY_S:
+        raise jwt.ExpiredSignatureError("expired")
+    if "nbf" in claims and claims["nbf"] > now + LEEWAY_S:
+        raise jwt.ImmatureSignatureError("not yet")
+    return claims
 
 
-def mint(secret: bytes, identity: str, ttl: float, *, now: float | None = None) -> str:
-    """A token for `identity`, valid for `ttl` seconds."""
+def mint(secret: bytes, identity: str, ttl: float, *, now: float | None = None, audience: str | None = None,
+         issuer: str | None = None) -> str:
+    """An HS256 JWT for `identity` (its `sub`), valid for `ttl` seconds: for tests and small setups."""
     if not identity:
         raise ValueError("identity must not be empty")
-    expiry = int((time.time() if now is None else now) + ttl)
-    payload = f"{VERSION}.{_b64(identity.encode())}.{expiry}"
-    return f"{payload}.{_sign(secret, payload)}"
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {"sub": identity, "iat": issued, "exp": issued + int(ttl)}
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")
 
 
 def verify(secret: bytes, token: str, *, now: float | None = None) -> str:
-    """The identity `token` proves, or Unauthorized saying why not."""
-    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
-        raise Unauthorized("a token is required (at most 4096 characters)")
-    if not token.isascii():  # never a token we minted; and hmac.compare_digest raises on non-ASCII text
-        raise Unauthorized(f"malformed token: expected {VERSION}.<identity>.<expiry>.<signature>, in ASCII")
-    parts = token.split(".")
-    if len(parts) != 4 or parts[0] != VERSION:
-        raise Unauthorized(f"malformed token: expected {VERSION}.<identity>.<expiry>.<signature>")
-    payload = ".".join(parts[:3])
-    if not hmac.compare_digest(_sign(secret, payload), parts[3]):
-        raise Unauthorized("bad token signature")
-    try:
-        identity = _unb64(parts[1]).decode()
-        expiry = int(parts[2])
-    except ValueError:
-        raise Unauthorized("malformed token") from None
-    if expiry <= (time.time() if now is None else now):
-        raise Unauthorized("the token has expired")
-    return identity
+    """The identity an HS256 `token` signed with `secret` proves (Verifier.verify, for the shared secret)."""
+    return Verifier(secret, ["HS256"]).verify(token, now=now)

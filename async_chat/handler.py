@@ -36,11 +36,11 @@ class ChatHandler:
         hub: Hub,
         settings: Settings,
         connections: Callable[[], tuple[int, int]] | None = None,
-        auth_secret: bytes | None = None,
+        verifier: auth.Verifier | None = None,
     ) -> None:
         self.hub = hub
         self.settings = settings
-        self._secret = auth_secret
+        self._verifier = verifier
         """None: no authentication (senders are taken as given)."""
         self._connections = connections or (lambda: (0, 0))
         """(open, total) connections: the server's, for stats()."""
@@ -54,16 +54,16 @@ class ChatHandler:
     # -- the service --------------------------------------------------------------------------
 
     async def authenticate(self, token: str | None) -> str:
-        if self._secret is None:
+        if self._verifier is None:
             return ""  # authentication is off: every connection may send as anyone, as before
         session = SESSION.get()
         if session is None:
             raise Unauthorized("no connection to authenticate")
-        session.identity = auth.verify(self._secret, token or "")
+        session.identity = self._verifier.verify(token or "")
         return session.identity
 
     async def sendMessage(self, message: Any) -> None:  # the IDL's name
-        await self.hub.publish(self._accept(message, self._caller() if self._secret is not None else None))
+        await self.hub.publish(self._accept(message, self._caller() if self._verifier is not None else None))
 
     async def publish(self, message: Any) -> int:
         return await self.hub.publish(self._accept(message, self._caller()))
@@ -162,7 +162,7 @@ class ChatHandler:
 
     def _caller(self) -> str | None:
         """Who this connection proved to be; None without authentication. UNAUTHORIZED before it has."""
-        if self._secret is None:
+        if self._verifier is None:
             return None
         session = SESSION.get()
         if session is None or session.identity is None:

@@ -135,7 +135,10 @@ class ChatServer(AsyncResource):
             tls = s.server_tls()
         except OSError as exc:  # ssl.SSLError too
             raise InvalidRequest(f"cannot use the TLS files (--tls-cert, --tls-key, --tls-client-ca): {exc}") from None
-        secret = auth.load_secret(s.auth_secret_file) if s.auth_secret_file is not None else None
+        verifier = auth.Verifier.from_files(
+            s.auth_secret_file, s.auth_public_key_file, audience=s.auth_audience, issuer=s.auth_issuer,
+            max_identity_length=s.max_name_length,
+        )
         sock = _bind(s.host, s.port)
         try:
             self.port = sock.getsockname()[1]
@@ -148,7 +151,7 @@ class ChatServer(AsyncResource):
             await hub.start()
             self.hub = hub
             self.eager = broker.eager
-            handler = ChatHandler(hub, s, lambda: (len(self._connections), self.connections_total), secret)
+            handler = ChatHandler(hub, s, lambda: (len(self._connections), self.connections_total), verifier)
             metrics = None
             if s.metrics_port is not None:
                 metrics, self.monitor = _monitor(self, s.host, s.metrics_port)
@@ -179,7 +182,7 @@ class ChatServer(AsyncResource):
             )
         logger.info(
             "async_chat listening on %s transport=%s protocol=%s tls=%s auth=%s broker=%s history=%d queue_size=%d",
-            self.address, s.transport, s.protocol, _tls_mode(s), "on" if secret else "off", redact(s.broker),
+            self.address, s.transport, s.protocol, _tls_mode(s), "on" if verifier else "off", redact(s.broker),
             s.history, s.queue_size,
             extra={"event": "started", "address": self.address, "broker": redact(s.broker)},
         )

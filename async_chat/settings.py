@@ -62,6 +62,9 @@ class Settings:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     auth_secret_file: str | None = None
+    auth_public_key_file: str | None = None
+    auth_audience: str | None = None
+    auth_issuer: str | None = None
     admin_identities: str | None = None
     publish_rate: float = 5000.0
     publish_burst: int = 5000
@@ -77,7 +80,11 @@ class Settings:
         except InvalidRequest as exc:
             problems.append(exc.reason)
         files = (("tls-cert", self.tls_cert), ("tls-key", self.tls_key), ("tls-client-ca", self.tls_client_ca),
-                 ("auth-secret-file", self.auth_secret_file))
+                 ("auth-secret-file", self.auth_secret_file), ("auth-public-key-file", self.auth_public_key_file))
+        if self.auth_secret_file is not None and self.auth_public_key_file is not None:
+            problems.append("auth-secret-file (HS256) and auth-public-key-file (RS256/ES256): choose one")
+        if (self.auth_audience or self.auth_issuer) and not (self.auth_secret_file or self.auth_public_key_file):
+            problems.append("auth-audience and auth-issuer need authentication on (an auth key file)")
         for flag, path in files:
             if path is not None and not os.path.isfile(path):
                 problems.append(f"{flag} {path}: no such file")
@@ -251,9 +258,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("tls_client_ca", "require client certificates signed by this CA (PEM); needs --tls-cert"),
     Option(
         "auth_secret_file",
-        "turn authentication on: clients must authenticate(token) with a token signed by the secret in this"
-        " file, and the server sets each message's sender. Unset: off, senders are taken as given",
+        "turn authentication on: clients must authenticate(token) with a JWT signed (HS256) with the secret in"
+        " this file; its sub claim becomes the sender of the connection's messages. Unset: off, senders are"
+        " taken as given",
     ),
+    Option(
+        "auth_public_key_file",
+        "turn authentication on with JWTs your identity provider signs (RS256 or ES256): its public key, PEM."
+        " Instead of --auth-secret-file",
+    ),
+    Option("auth_audience", "with authentication on, accept only tokens whose aud claim is this"),
+    Option("auth_issuer", "with authentication on, accept only tokens whose iss claim is this"),
     Option(
         "admin_identities",
         "with authentication on, the identities (comma-separated) that may call stats(), which names every"

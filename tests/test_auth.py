@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
 from thriftpy2.thrift import TApplicationException
 
@@ -58,16 +62,29 @@ async def test_calls_before_authenticating_are_unauthorized(auth_server: ChatSer
     assert auth_server.hub.published_total == 0
 
 
+def _tampered(token: str) -> str:
+    """`token` with its payload rewritten to name someone else, its signature left as it was."""
+    header, _payload, signature = token.split(".")
+    claims = base64.urlsafe_b64encode(json.dumps({"sub": "admin", "exp": int(time.time()) + 60}).encode())
+    return f"{header}.{claims.rstrip(b'=').decode()}.{signature}"
+
+
 @pytest.mark.parametrize(
     ("token", "reason"),
     [
-        (mint(SECRET, "alice", ttl=-1), "the token has expired"),
-        (mint(b"another secret, not the server's", "alice", ttl=60), "bad token signature"),
-        (mint(SECRET, "alice", ttl=60).replace(".YWxpY2U.", ".YWRtaW4."), "bad token signature"),  # alice -> admin
+        (mint(SECRET, "alice", ttl=-60), "the token has expired"),
+        (mint(b"another secret, not the server's" * 2, "alice", ttl=60), "bad token signature"),
+        (_tampered(mint(SECRET, "alice", ttl=60)), "bad token signature"),  # alice -> admin, signature kept
+        (jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, None, algorithm="none"),
+         "algorithm is not accepted"),
+        (jwt.encode({"sub": "alice"}, SECRET, algorithm="HS256"), "no 'exp' claim"),
+        (jwt.encode({"exp": int(time.time()) + 60}, SECRET, algorithm="HS256"), "no 'sub' claim"),
+        (jwt.encode({"sub": "a", "exp": int(time.time()) + 600, "nbf": int(time.time()) + 300}, SECRET,
+                    algorithm="HS256"), "not valid yet"),
         ("alice", "malformed token"),
         ("", "a token is required"),
     ],
-    ids=["expired", "other-secret", "tampered", "malformed", "empty"],
+    ids=["expired", "other-secret", "tampered", "alg-none", "no-exp", "no-sub", "not-yet", "malformed", "empty"],
 )
 async def test_bad_tokens_are_refused_with_the_reason(auth_server: ChatServer, token: str, reason: str) -> None:
     async with ChatClient(LOOPBACK, auth_server.port, token=token) as client:
@@ -94,7 +111,7 @@ def test_tokens_expire_and_carry_any_identity() -> None:
     token = mint(SECRET, "zoë ünicode.with.dots", ttl=10, now=1000.0)
     assert verify(SECRET, token, now=1009.0) == "zoë ünicode.with.dots"
     with pytest.raises(Unauthorized, match="expired"):
-        verify(SECRET, token, now=1010.0)
+        verify(SECRET, token, now=1016.0)  # 10 s, and the 5 s allowed for clocks that differ
 
 
 def test_admin_mints_tokens_the_server_accepts_and_short_secrets_are_refused(
@@ -125,3 +142,39 @@ async def test_stats_names_rooms_to_admin_identities_only(make_server: ServerFac
     async with ChatClient(LOOPBACK, server.port, token=mint(SECRET, "ops", ttl=60)) as admin:
         stats = await admin.stats(10)
     assert stats.published == 1
+
+
+@pytest.mark.parametrize("kind", ["RS256", "ES256"])
+async def test_jwts_from_an_identity_provider_with_audience_and_issuer(
+    make_server: ServerFactory, tmp_path: Path, kind: str
+) -> None:
+    """Tokens the server can check but not mint: an identity provider's RS256 or ES256 JWTs."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    private: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048) if kind == "RS256" \
+        else ec.generate_private_key(ec.SECP256R1())
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_file = tmp_path / "idp.pem"
+    key_file.write_bytes(public_pem)
+    server = await make_server(auth_public_key_file=str(key_file), auth_audience="chat", auth_issuer="idp")
+    soon = int(time.time()) + 60
+
+    def token(**claims: Any) -> str:
+        return jwt.encode({"sub": "dana", "exp": soon, "aud": "chat", "iss": "idp", **claims}, private, algorithm=kind)
+
+    async with ChatClient(LOOPBACK, server.port, token=token()) as client:
+        assert await client.publish(Message(sender="ignored", content="hi", room="idp")) == 1
+        assert [m.sender for m in await client.history("idp", 0, 10)] == ["dana"]
+    refused = {
+        "another audience": token(aud="mail"),
+        "another issuer": token(iss="evil"),
+        # the public key used as an HS256 secret: the old algorithm-confusion attack
+        "confused": jwt.encode({"sub": "dana", "exp": soon, "aud": "chat", "iss": "idp"}, "x" * 32, algorithm="HS256"),
+    }
+    for case, bad in refused.items():
+        async with ChatClient(LOOPBACK, server.port, token=bad) as client:
+            with pytest.raises(Unauthorized):
+                await client.publish(Message(sender="x", content=case))
