@@ -1,6 +1,6 @@
 """async_chat from Apache Thrift's own Python library, with code generated from chat.thrift.
 
-    thrift --gen py -out gen chat.thrift          # Debian/Ubuntu: apt-get install thrift-compiler
+    mkdir -p gen && thrift --gen py -out gen chat.thrift   # Debian/Ubuntu: apt-get install thrift-compiler
     pip install thrift
     PYTHONPATH=gen python examples/apache_client.py --port 9090 [--transport framed] [--protocol compact]
 
@@ -62,7 +62,9 @@ def main() -> None:
     if batch.missed or batch.renumbered:
         print(f"lost {batch.missed} message(s)")  # never silent: show it to the user
     for message in batch.messages:
-        print(f"received #{message.seq} {message.sender}: {message.content}")
+        # !r: content may hold newlines and escape sequences; shown quoted, they can neither pass for
+        # another line nor act on the terminal.
+        print(f"received #{message.seq} {message.sender}: {message.content!r}")
     # If the subscription is gone (NO_SUCH_SUBSCRIPTION): reader.subscribe(args.room, batch.next_seq) replays
     # from where this left off.
 

@@ -1,4 +1,4 @@
-"""The README's example: publish, read history, and follow a room with `async for`.
+"""Publish, read history, and follow a room with `async for` (the README's first example does less).
 
 Run a server first (`make run`), then: python examples/quickstart.py [--port 9090]
 """
@@ -21,11 +21,11 @@ async def main(host: str, port: int) -> None:
                 if isinstance(item, Missed):
                     print(f"lost {item.count} message(s)")
                     continue
-                print(f"#{item.seq} {item.sender}: {item.content}")
+                print(f"#{item.seq} {item.sender}: {item.content!r}")  # !r: no newline or escape acts
                 break
 
         for message in await client.history("general", from_seq=1, limit=10):
-            print(f"general #{message.seq} at {message.sent_at_ms} ms: {message.content}")
+            print(f"general #{message.seq} at {message.sent_at_ms} ms: {message.content!r}")
 
 
 if __name__ == "__main__":

@@ -165,8 +165,8 @@ async def test_readme_quickstart_example_runs(server_process: ServerProcess) -> 
         out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     lines = out.decode().splitlines()
-    assert lines[:2] == ["stored as lobby #1", "#1 alice: hi, lobby"]
-    assert re.fullmatch(r"general #1 at \d+ ms: hello", lines[2])
+    assert lines[:2] == ["stored as lobby #1", "#1 alice: 'hi, lobby'"]
+    assert re.fullmatch(r"general #1 at \d+ ms: 'hello'", lines[2])
 
 
 def test_readme_configuration_table_matches_the_options() -> None:
@@ -208,3 +208,20 @@ def test_the_redis_broker_without_redis_py_names_the_extra_to_install() -> None:
     assert "needs redis-py" in line
     assert "pip install 'async-chat[redis]'" in line
     assert "Traceback" not in done.stderr
+
+
+async def test_the_readme_snippet_runs_as_written(server_process: ServerProcess, tmp_path: Path) -> None:
+    """The README's first Python example, taken from the README itself: only the port is the test's."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'ChatClient("127.0.0.1", 9090)' in snippet
+    script = tmp_path / "snippet.py"
+    ours = f'ChatClient("127.0.0.1", {server_process.port})'
+    script.write_text(snippet.replace('ChatClient("127.0.0.1", 9090)', ours))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    async with asyncio.timeout(30):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines() == ["#1 alice: 'hi'"]

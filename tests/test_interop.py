@@ -150,7 +150,7 @@ async def test_the_apache_python_example_runs(server: ChatServer, gen_py: Path) 
     )
     assert lines == [
         "published seq=1",
-        "received #1 alice: hello from Apache",
+        "received #1 alice: 'hello from Apache'",
         f"refused INVALID: {SENDER_REQUIRED}",
     ]
 
@@ -171,8 +171,8 @@ async def test_node_client(server: ChatServer, gen_node: Path, transport: str, p
     )
     assert lines == [
         "published seq=1",
-        "received #1 node: hello from Node",
-        "received #2 node: the classic call",
+        'received #1 node: "hello from Node"',
+        'received #2 node: "the classic call"',
         f"refused INVALID: {SENDER_REQUIRED}",
     ]
 

@@ -1,12 +1,17 @@
 // async_chat from Node.js: the npm `thrift` package and code generated from chat.thrift.
 //
-//   thrift --gen js:node -out examples/node/gen-nodejs chat.thrift   # Debian/Ubuntu: apt-get install thrift-compiler
+//   mkdir -p examples/node/gen-nodejs && thrift --gen js:node -out examples/node/gen-nodejs chat.thrift
+//   (Debian/Ubuntu: apt-get install thrift-compiler)
 //   (cd examples/node && npm ci)
 //   node examples/node/client.js --port 9090 [--transport framed] [--protocol compact] [--gen DIR]
 //
 // The calls every client needs: publish with a client_msg_id (so a retry is stored once), subscribe,
 // poll in a loop (a long poll: the socket timeout must be longer than wait_ms), and resume from next_seq.
 'use strict';
+
+// A string as JSON, with the C1 controls and Unicode line separators JSON leaves alone escaped too.
+const shown = (text) => JSON.stringify(text).replace(/[\u007f-\u009f\u2028\u2029]/g,
+  (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 
 const path = require('path');
 const { randomUUID } = require('crypto');
@@ -60,7 +65,9 @@ async function main() {
     // the same batch again. Keep batch.next_seq and pass it to the next poll.
     const batch = await reader.client.poll(sub.subscription_id, 100, WAIT_MS, sub.next_seq);
     if (Number(batch.missed) > 0 || batch.renumbered) console.log(`lost ${Number(batch.missed)} message(s)`); // never silent
-    for (const m of batch.messages) console.log(`received #${Number(m.seq)} ${m.sender}: ${m.content}`);
+    // Quoted and escaped: content may hold newlines and escape sequences, which must neither pass for
+    // another line nor act on the terminal.
+    for (const m of batch.messages) console.log(`received #${Number(m.seq)} ${m.sender}: ${shown(m.content)}`);
     // If the subscription is gone (NO_SUCH_SUBSCRIPTION): subscribe(room, batch.next_seq) replays from there.
 
     try {
