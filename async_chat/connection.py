@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TTransportException
 
-from . import wire
+from . import proxy_protocol, wire
 from .codec import Call, Codec, Frame
 from .session import SESSION, Session
 from .tasks import start_eagerly
@@ -50,6 +50,7 @@ BUFFERED_CHUNK = 4096
 
 
 class ConnectionState(enum.Enum):
+    PROXY = "proxy"  # its PROXY header (--proxy-protocol) awaited: it has the idle timeout to come
     HANDSHAKE = "handshake"  # TLS being set up: it has the idle timeout to finish, like any wait for a call
     IDLE = "idle"  # waiting for the first byte of the next call: closed at once on shutdown
     READING = "reading"  # a call is arriving
@@ -111,6 +112,9 @@ class Connection(asyncio.Protocol):
         self.admitted = True
         self.session = self._server.new_session()
         self._context.run(SESSION.set, self.session)
+        if self._server.settings.proxy_protocol == "on":
+            self.state = ConnectionState.PROXY  # the balancer's header first (TLS is not combined with it)
+            return
         tls = self._server.tls
         if tls is not None:
             self.state = ConnectionState.HANDSHAKE
@@ -149,6 +153,10 @@ class Connection(asyncio.Protocol):
             self._advance()
 
     def data_received(self, data: bytes) -> None:
+        if self.state is ConnectionState.PROXY:
+            self._buffer += data
+            self._read_proxy_header()
+            return
         if self.state is ConnectionState.HANDSHAKE:
             # asyncio hands us the first call through TLS before start_tls has returned the transport to
             # answer it on: keep it until then.
@@ -171,6 +179,31 @@ class Connection(asyncio.Protocol):
             self._reading_paused = True
             assert self._transport is not None
             self._transport.pause_reading()
+
+    def _read_proxy_header(self) -> None:
+        """Take the client's address from the PROXY header, once it is whole; then serve what follows."""
+        try:
+            parsed = proxy_protocol.parse(self._buffer)
+        except proxy_protocol.ProxyHeaderError as exc:
+            self._server.refused_total += 1
+            self._server.episodes.log(logger, logging.WARNING, "connection_refused", "closing %r: %s", self, exc,
+                                      peer=self.peer)
+            self.close()
+            return
+        if parsed is None:
+            return
+        used, client = parsed
+        del self._buffer[:used]
+        if client is not None:
+            host, port = client
+            if not self._server.readdress(self, host):
+                self.close()  # the client's own address is at its limit
+                return
+            self.peer = _format_peer((host, port))
+        self.state = ConnectionState.IDLE
+        self.idle_since = time.monotonic()
+        if self._buffer:
+            self._advance()
 
     def _answer_whole(self, data: bytes) -> bool:
         """The common case, without copying into the buffer: `data` is exactly one call, and nothing else

@@ -251,6 +251,18 @@ class ChatServer(AsyncResource):
         self.connections_total += 1
         return True
 
+    def readdress(self, conn: Connection, address: str) -> bool:
+        """`conn` is the client at `address` (its PROXY header said so): count it there, if that address
+        is within its limit; False (counted nowhere) if not."""
+        self._release_address(conn.address)
+        conn.address = address
+        if self._per_address.get(address, 0) >= self.settings.max_connections_per_address:
+            conn.address = ""  # counted nowhere now: its close releases nothing
+            self._refuse(address, self.settings.max_connections_per_address)
+            return False
+        self._per_address[address] = self._per_address.get(address, 0) + 1
+        return True
+
     def may_close(self, conn: Connection) -> bool:
         """While draining: whether `conn` may close, i.e. none of its subscriptions still owes messages."""
         hub, session = self.hub, conn.session
@@ -279,14 +291,22 @@ class ChatServer(AsyncResource):
         task.add_done_callback(self._tasks.discard)
 
     def _admit(self, conn: Connection) -> bool:
-        """Whether a new connection fits the limits; a refusal is counted, and logged once per episode."""
+        """Whether a new connection fits the limits; a refusal is counted, and logged once per episode.
+        Behind a balancer (--proxy-protocol) every connection comes from its address: the per-address
+        limit applies once the header names the client (`readdress`)."""
         s = self.settings
         if len(self._connections) >= s.max_connections:
             scope, limit = "", s.max_connections
-        elif self._per_address.get(conn.address, 0) >= s.max_connections_per_address:
+        elif s.proxy_protocol == "off" and self._per_address.get(conn.address, 0) >= s.max_connections_per_address:
             scope, limit = conn.address, s.max_connections_per_address
         else:
             return True
+        self._refuse(scope, limit)
+        return False
+
+    def _refuse(self, scope: str, limit: int) -> None:
+        """Count a connection refused at a limit (`scope`: the address, or "" for the total), logged once
+        per episode."""
         self.refused_total += 1
         if scope not in self._limits_hit:
             self._limits_hit.add(scope)
@@ -296,7 +316,6 @@ class ChatServer(AsyncResource):
                 extra={"event": "limit_hit", "limit": "connections_per_address" if scope else "connections",
                        "address": scope or None},
             )
-        return False
 
     def _release_address(self, address: str) -> None:
         left = self._per_address.get(address, 1) - 1
@@ -337,7 +356,8 @@ class ChatServer(AsyncResource):
         timeout = self.settings.idle_timeout
         deadline = time.monotonic() - timeout
         for conn in list(self._connections):
-            if conn.state in (ConnectionState.IDLE, ConnectionState.READING) and conn.idle_since < deadline:
+            waiting = (ConnectionState.IDLE, ConnectionState.READING, ConnectionState.PROXY)
+            if conn.state in waiting and conn.idle_since < deadline:
                 if conn.unsent:
                     self.episodes.log(
                         logger, logging.INFO, "connection_stalled", "aborting %r: its peer left %d reply bytes"

@@ -21,6 +21,7 @@ from .hub import OVERFLOW_POLICIES
 TRANSPORTS = (wire.AUTO, *wire.TRANSPORTS)
 PROTOCOLS = (wire.AUTO, *wire.PROTOCOLS)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+PROXY_PROTOCOL = ("off", "on")
 LOG_FORMATS = logs.FORMATS
 
 
@@ -66,6 +67,7 @@ class Settings:
     auth_audience: str | None = None
     auth_issuer: str | None = None
     admin_identities: str | None = None
+    proxy_protocol: str = "off"
     publish_rate: float = 5000.0
     publish_burst: int = 5000
     log_level: str = "INFO"
@@ -81,6 +83,13 @@ class Settings:
             problems.append(exc.reason)
         files = (("tls-cert", self.tls_cert), ("tls-key", self.tls_key), ("tls-client-ca", self.tls_client_ca),
                  ("auth-secret-file", self.auth_secret_file), ("auth-public-key-file", self.auth_public_key_file))
+        if self.proxy_protocol not in PROXY_PROTOCOL:
+            problems.append(f"proxy-protocol must be one of {', '.join(PROXY_PROTOCOL)}, not {self.proxy_protocol!r}")
+        elif self.proxy_protocol == "on" and self.tls_cert is not None:
+            problems.append(
+                "proxy-protocol cannot be combined with tls-cert here: end TLS at the load balancer, or let it pass"
+                " TLS through without the PROXY header"
+            )
         if self.auth_secret_file is not None and self.auth_public_key_file is not None:
             problems.append("auth-secret-file (HS256) and auth-public-key-file (RS256/ES256): choose one")
         if (self.auth_audience or self.auth_issuer) and not (self.auth_secret_file or self.auth_public_key_file):
@@ -223,7 +232,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_subscriptions", "subscriptions the server holds at once (UNAVAILABLE beyond)"),
     Option("max_subscriptions_per_connection", "subscriptions one connection may hold open (TOO_LARGE beyond)"),
     Option("max_connections", "client connections open at once; more are closed at once, logged once per episode"),
-    Option("max_connections_per_address", "client connections open at once from one IP address; more are closed"),
+    Option(
+        "max_connections_per_address",
+        "client connections open at once from one IP address (the client's, with --proxy-protocol on); more"
+        " are closed",
+    ),
+    Option(
+        "proxy_protocol",
+        "on: every connection begins with a PROXY header (v1 or v2, as HAProxy and cloud TCP load balancers"
+        " send it) naming the real client, which limits and logs then use. Only for a port that nothing but"
+        " the balancer can reach",
+        PROXY_PROTOCOL,
+    ),
     Option(
         "max_rooms",
         "rooms the memory or SQLite broker keeps; a new one past it forgets the least recently used room without a"
