@@ -15,7 +15,7 @@ NODE_EXAMPLE := examples/node
 # `make run BROKER=memory://` keeps nothing. ARGS come last and win over it.
 BROKER ?= sqlite:///chat.db
 
-run: $(VENV)/.installed
+run: $(VENV)/.server
 	$(BIN)/python -m async_chat.server --broker '$(BROKER)' $(ARGS)
 
 test: system-deps $(VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed lint typecheck pytest
@@ -43,10 +43,17 @@ fuzz: $(VENV)/.installed
 stress: system-deps $(VENV)/.installed
 	$(BIN)/python -m tests.stress --seconds $(SECONDS)
 
-$(VENV)/.installed: pyproject.toml
+# What `make run` needs: the package and its own dependencies (a small venv). The tests' tools (mypy,
+# ruff, matplotlib, redis-py, …) come with `make test`, into the same venv.
+$(VENV)/.server: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "async_chat needs Python >= 3.11; set PYTHON=python3.11 or newer")'
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a virtualenv: install Debian's python3-venv (apt-get install python3-venv) and rerun" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.server
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 

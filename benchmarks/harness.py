@@ -184,35 +184,41 @@ def write(reports: list[Report], out: Path) -> dict[str, Any]:
 
 
 class Progress:
-    """A progress bar on stderr: `[#####.....] 12/40 <what is running>`, redrawn in place on a terminal,
-    a line per step otherwise (CI logs, pipes); lines the scenarios print go above it."""
+    """Where a run stands, on stderr: tqdm's bar on a terminal (the lines scenarios print go above it), and
+    on anything else (CI logs, pipes) a plain line per step, `step 12/40: <what is running>`, since a bar
+    redrawn with carriage returns makes an unreadable log."""
 
     def __init__(self, total: int, stream: Any = None) -> None:
         self.total, self.done = max(total, 1), 0
         self.stream = stream or sys.stderr
         self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._bar: Any = None
+        if self.live:
+            from tqdm import tqdm  # type: ignore[import-untyped]
+
+            self._bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True, unit="step")
 
     def step(self, label: str) -> None:
         """One step starts: `label` says what."""
-        self._draw(label)
+        if self._bar is not None:
+            self._bar.set_description_str(label)
+            self._bar.update(1)
+        else:
+            self.stream.write(f"step {self.done + 1}/{self.total}: {label}\n")
+            self.stream.flush()
         self.done = min(self.done + 1, self.total)
 
     def say(self, line: str) -> None:
         """A line of results, kept in the log."""
-        if self.live:
-            self.stream.write("\r\x1b[K")
-        self.stream.write(line + "\n")
-        self.stream.flush()
-
-    def _draw(self, label: str) -> None:
-        width = 30
-        filled = width * self.done // self.total
-        bar = f"[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} {label}"
-        self.stream.write(("\r\x1b[K" + bar) if self.live else bar + "\n")
-        self.stream.flush()
+        if self._bar is not None:
+            self._bar.write(line, file=self.stream)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        self.done = self.total
-        self._draw("done")
-        if self.live:
-            self.stream.write("\n")
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            self.stream.write(f"done: {self.total} steps\n")
+            self.stream.flush()

@@ -95,7 +95,7 @@ async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
     assert (tmp_path / "clientload.png").read_bytes().startswith(b"\x89PNG")
     assert "| 16 | 1 | chatclient |" in tables
     assert b"round 2/2" in err
-    assert b"] 15/" in err
+    assert b"step 15/" in err  # a line per step: stderr is not a terminal here
     for figures in metrics["rounds"]:
         assert figures.keys() == {"metrics-off", "metrics-on"}
         for f in figures.values():
