@@ -173,20 +173,43 @@ def tables(doc: dict[str, Any], connections: int | None = None) -> str:
         out += clientload_table(clients)
     memory = _scenario(doc, "memory")
     if memory:
-        f = memory["summary"]["idle"]
-        out += ["| idle connections held | bytes each | idle subscriptions held | bytes each |",
-                "|---:|---:|---:|---:|",
-                f"| {f['connections_held']:,.0f} | {f['bytes_per_idle_connection']:,.0f} |"
-                f" {f['subscriptions_held']:,.0f} | {f['bytes_per_idle_subscription']:,.0f} |", ""]
+        out += per_round(memory, [("idle connections held", "connections_held", ",.0f"),
+                                  ("bytes each", "bytes_per_idle_connection", ",.0f"),
+                                  ("idle subscriptions held", "subscriptions_held", ",.0f"),
+                                  ("bytes each", "bytes_per_idle_subscription", ",.0f")])
+    redis = _scenario(doc, "redis")
+    if redis:
+        out += per_round(redis, [("publishes/s", "publishes_per_s", ",.0f"),
+                                 ("deliveries/s", "deliveries_per_s", ",.0f"),
+                                 ("p50 ms", "latency_p50_ms", ".2f"), ("p99 ms", "latency_p99_ms", ".2f"),
+                                 ("missed", "missed", ",.0f"), ("errors", "errors", ",.0f")],
+                         reference="memory", ratio_of="publishes_per_s")
+    metrics = _scenario(doc, "metrics")
+    if metrics:
+        out += per_round(metrics, [("publishes/s", "publishes_per_s", ",.0f"),
+                                   ("server CPU µs per publish", "server_cpu_us_per_publish", ".1f"),
+                                   ("errors", "errors", ",.0f")],
+                         reference="metrics-off", ratio_of="server_cpu_us_per_publish")
     return "\n".join(out)
 
 
-if __name__ == "__main__":
-    source = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json")
-    document = json.loads(source.read_text())
-    for path in draw(document, source.parent):
-        print(f"drew {path}", file=sys.stderr)
-    print(tables(document))
+def per_round(report: dict[str, Any], columns: list[tuple[str, str, str]], *, reference: str | None = None,
+              ratio_of: str | None = None) -> list[str]:
+    """One row per configuration per round; with `reference`, the ratio of `ratio_of` to it in that round."""
+    headers = ["round", "configuration", *(c[0] for c in columns)]
+    if reference and ratio_of:
+        headers.append(f"{ratio_of} x {reference}")
+    out = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+    for index, figures in enumerate(report["rounds"], 1):
+        base = figures.get(reference or "", {}).get(ratio_of or "")
+        for name, f in figures.items():
+            cells = [str(index), name, *(format(f.get(key, float("nan")), fmt) for _h, key, fmt in columns)]
+            if reference and ratio_of:
+                cells.append(f"{f[ratio_of] / base:.2f}" if base else "-")
+            out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
 
 
 def durable_table(report: dict[str, Any]) -> list[str]:
@@ -266,3 +289,11 @@ def throughput_table(report: dict[str, Any], connections: int | None = None) -> 
             )
     out.append("")
     return out
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/latest.json")
+    document = json.loads(source.read_text())
+    for path in draw(document, source.parent):
+        print(f"drew {path}", file=sys.stderr)
+    print(tables(document))
