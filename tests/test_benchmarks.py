@@ -65,7 +65,7 @@ async def test_every_scenario_runs_in_short_mode(tmp_path: Path) -> None:
     for chart in ("throughput.png", "throughput-connections.png", "latency.png", "fanout.png"):
         assert (tmp_path / chart).read_bytes().startswith(b"\x89PNG"), chart
     tables = (tmp_path / "results-tables.md").read_text()  # not latest.json: the full tables are kept
-    assert "| framed/binary | 16 | ours |" in tables
+    assert "| framed/binary | 16 | 1 | ours |" in tables  # one row per round
     assert "idle connections held" in tables
     assert len(scenario["rounds"]) == scenario["parameters"]["rounds"]
     for figures in scenario["rounds"]:
