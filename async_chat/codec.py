@@ -166,16 +166,19 @@ class Codec:
 
     async def read_reply(self, source: Source) -> Reply:
         """Read one reply from `source`, value by value: compact's way (and any reply not whole)."""
-        if self.protocol == "binary":
-            prot: Any = wire.TAsyncBinaryProtocol(source, strict_read=False)
-        else:
-            prot = wire.SafeCompactProtocol(source)
+        prot = self._streaming(source)
         api, kind, seqid = await prot.read_message_begin()
         if isinstance(api, bytes):
             api = api.decode("utf-8")
         body = self._reply_body(api, kind)
         await prot.read_struct(body)
         return Reply(api, kind, seqid, body)
+
+    def _streaming(self, source: Any) -> Any:
+        """The aio protocol that reads this codec's protocol value by value from `source` (bounded: wire.py)."""
+        if self.protocol == "binary":
+            return wire.TAsyncBinaryProtocol(source, strict_read=False)
+        return wire.SafeCompactProtocol(source)
 
     def _reply_body(self, api: Any, kind: int) -> Any:
         if kind == TMessageType.EXCEPTION:
@@ -186,10 +189,7 @@ class Codec:
 
     async def read_call(self, source: Source) -> Call:
         """Read one call from `source`, value by value (the aio protocol's way): the safe, slow path."""
-        if self.protocol == "binary":
-            prot: Any = wire.TAsyncBinaryProtocol(source, strict_read=False)
-        else:
-            prot = wire.SafeCompactProtocol(source)
+        prot = self._streaming(source)
         api, _kind, seqid = await prot.read_message_begin()
         if isinstance(api, bytes):  # a non-strict call's name: thriftpy2 leaves it undecoded
             api = api.decode("utf-8")
@@ -207,10 +207,7 @@ class Codec:
 
     def header(self, data: bytes) -> tuple[str, int] | None:
         """The (method, seqid) a call's first bytes carry, if they hold its header; else None."""
-        if self.protocol == "binary":
-            prot: Any = wire.TAsyncBinaryProtocol(Frame(data), strict_read=False)
-        else:
-            prot = wire.SafeCompactProtocol(Frame(data))
+        prot = self._streaming(Frame(data))
         reading = prot.read_message_begin()
         try:
             reading.send(None)
