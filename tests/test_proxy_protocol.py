@@ -107,3 +107,17 @@ async def test_a_connection_without_the_header_is_refused(make_server: ServerFac
 def test_the_proxy_protocol_is_not_combined_with_tls() -> None:
     with pytest.raises(InvalidRequest, match="proxy-protocol cannot be combined with tls-cert"):
         Settings(proxy_protocol="on", tls_cert=__file__, tls_key=__file__)
+
+
+async def test_a_connection_that_never_sends_its_header_is_closed_at_the_idle_timeout(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(proxy_protocol="on", idle_timeout=1.5, max_poll_wait_ms=1000, subscription_ttl=2)
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    try:
+        writer.write(b"PROXY TCP4 203.0.113.7")  # and nothing more: a balancer (or anyone) stalling
+        async with asyncio.timeout(30):
+            assert await read_to_close(reader) == b""
+    finally:
+        writer.close()
+    assert server.connection_count == 0
