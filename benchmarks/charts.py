@@ -119,7 +119,7 @@ def _latency(s: dict[str, Any], where: Path) -> Path:
 
 
 def _fanout(s: dict[str, Any], where: Path) -> Path:
-    rows = sorted((f["subscribers"], f) for f in s["summary"].values())
+    rows = sorted((f["subscribers"], f) for f in s["summary"].values() if not f.get("rate"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot([n for n, _ in rows], [f["deliveries_per_s"] / 1000 for _, f in rows], marker="o")
     ax.set_xscale("log")
@@ -157,13 +157,17 @@ def tables(doc: dict[str, Any], connections: int | None = None) -> str:
         out.append("")
     fanout = _scenario(doc, "fanout")
     if fanout:
-        out += ["| round | subscribers | deliveries/s | publishes/s | p50 ms | p99 ms | missed | errors | load CPU |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += ["| round | subscribers | publisher | deliveries/s | publishes/s | p50 ms | p99 ms | p99.9 ms | missed |"
+                " errors | server CPU | load CPU |",
+                "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for index, figures in enumerate(fanout["rounds"], 1):
             for f in figures.values():
-                out.append(f"| {index} | {f['subscribers']:,.0f} | {f['deliveries_per_s']:,.0f} |"
-                           f" {f['publishes_per_s']:,.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} | {f['missed']:.0f} |"
-                           f" {f['errors']:.0f} | {f['load_cpu_share']:.2f} |")
+                rate = f.get("rate", 0)
+                publisher = f"{rate:,.0f}/s, open loop (latency of each batch's oldest)" if rate else "closed loop"
+                out.append(f"| {index} | {f['subscribers']:,.0f} | {publisher} | {f['deliveries_per_s']:,.0f} |"
+                           f" {f['publishes_per_s']:,.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} |"
+                           f" {f.get('p999_ms', float('nan')):.2f} | {f['missed']:.0f} | {f['errors']:.0f} |"
+                           f" {f.get('server_cpu_share', float('nan')):.2f} | {f['load_cpu_share']:.2f} |")
         out.append("")
     durable = _scenario(doc, "durable")
     if durable:

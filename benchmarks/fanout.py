@@ -1,4 +1,5 @@
-"""Scenario `fanout`: one room, N subscribers long-polling it, one publisher as fast as it is answered.
+"""Scenario `fanout`: one room, N subscribers long-polling it, one publisher as fast as it is answered
+or, open loop, at a fixed rate (latency then from the oldest message of each batch).
 
 Our server (memory broker) is pinned to the server core; the subscribers and the publisher are one load
 process on the other core (wireload.py), on framed binary connections decoded with thriftpy2's Cython
@@ -21,17 +22,19 @@ from .processes import UNLIMITED, start_process
 @dataclass(frozen=True)
 class Parameters:
     subscribers: tuple[int, ...] = (1, 100, 1000, 10_000)
+    open_loop: tuple[tuple[int, int], ...] = ((1000, 100), (1000, 200), (1000, 500), (10_000, 20))
+    """(subscribers, messages/s) the publisher sends open loop: latency is the busy room's."""
     warmup: float = 1.0
     seconds: float = 3.0
     rounds: int = 3
 
     @classmethod
     def short(cls) -> Parameters:
-        return cls(subscribers=(1, 100), warmup=0.2, seconds=0.5, rounds=1)
+        return cls(subscribers=(1, 100), open_loop=((100, 100),), warmup=0.2, seconds=0.5, rounds=1)
 
 
 def steps(p: Parameters) -> int:
-    return p.rounds * len(p.subscribers)
+    return p.rounds * (len(p.subscribers) + len(p.open_loop))
 
 
 async def run(p: Parameters, bar: Progress) -> Report:
@@ -41,13 +44,16 @@ async def run(p: Parameters, bar: Progress) -> Report:
         sys.executable, "-m", "async_chat.server", "--host", "127.0.0.1", "--port", "0", *UNLIMITED,
         "--max-connections", most, "--max-connections-per-address", most]))
     try:
-        for index, order in enumerate(rotations([str(n) for n in p.subscribers], p.rounds)):
+        runs = [f"{n}:0" for n in p.subscribers] + [f"{n}:{rate}" for n, rate in p.open_loop]
+        for index, order in enumerate(rotations(runs, p.rounds)):
             figures = {}
-            for count in order:
-                bar.step(f"round {index + 1}/{p.rounds}: {count} subscribers")
-                figures[f"{count}-subscribers"] = await asyncio.to_thread(loadgen.run_pinned, [
+            for run in order:
+                count, rate = run.split(":")
+                name = f"{count}-subscribers" + (f"-at-{rate}-per-s" if rate != "0" else "")
+                bar.step(f"round {index + 1}/{p.rounds}: {name}")
+                figures[name] = await asyncio.to_thread(loadgen.run_pinned, [
                     sys.executable, "-m", "benchmarks.wireload", "fanout", str(server.port), count,
-                    str(p.warmup), str(p.seconds)], p.warmup + p.seconds + 300)
+                    str(p.warmup), str(p.seconds), rate, str(server.proc.pid)], p.warmup + p.seconds + 300)
             report.rounds.append(figures)
             bar.say(f"fanout round {index + 1}/{p.rounds}: " + ", ".join(
                 f"{name} {f['deliveries_per_s']:,.0f} deliveries/s" for name, f in figures.items()))

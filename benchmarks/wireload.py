@@ -2,7 +2,7 @@
 codec: light enough that one process can receive what the server delivers at its peak.
 
     python -m benchmarks.wireload openloop PORT RATE WARMUP SECONDS
-    python -m benchmarks.wireload fanout PORT SUBSCRIBERS WARMUP SECONDS
+    python -m benchmarks.wireload fanout PORT SUBSCRIBERS WARMUP SECONDS [RATE [SERVER_PID]]
 
 Each prints one JSON object. A message's content is the monotonic clock, in nanoseconds, when it was due
 (open loop: published by openloop.c) or sent (fan-out): the subscriber's latency is its arrival minus
@@ -70,6 +70,14 @@ class Wire:
     async def call(self, api: str, **kwargs: Any) -> Any:
         self.writer.write(self.request(api, **kwargs))
         return self.result(api, await self.frame())
+
+
+def _cpu_of(pid: int) -> float:
+    """CPU seconds process `pid` has used (0 without one): the server's, over the measured seconds."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _latency(ms: list[float]) -> dict[str, float]:
@@ -178,8 +186,12 @@ async def _publish_python(port: int, room: str, rate: float, total: int) -> dict
     return {**counts, "start_ns": start, "load_cpu_s": 0.0}  # its CPU is this process's
 
 
-async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> dict[str, Any]:
-    """`subscribers` long-poll one room while one publisher sends as fast as the server answers it.
+async def fanout(
+    port: int, subscribers: int, warmup: float, seconds: float, rate: float = 0.0, server_pid: int = 0
+) -> dict[str, Any]:
+    """`subscribers` long-poll one room while one publisher sends as fast as the server answers it, or
+    (`rate`) open loop: message i when it is due, stamped with that time, and latency taken from the
+    oldest message of each batch (the newest would hide how long the batch waited).
 
     The room is this run's own and every subscription is ended before the run returns: a subscription
     outlives its connection (until --subscription-ttl), and ten thousand left behind in a shared room
@@ -195,6 +207,27 @@ async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> 
     measuring = False
     counts = {"published": 0, "delivered": 0, "missed": 0, "errors": 0}
     latencies: list[float] = []
+
+    async def publish_at_rate() -> None:
+        """Open loop: each message when due; replies are counted by `replies`, not waited for."""
+        start, interval, i = time.monotonic_ns(), 1e9 / rate, 0
+        while running:
+            due = start + int(i * interval)
+            delay = (due - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            publisher.writer.write(publisher.request("sendMessage", message=Message(
+                sender="fanout", content=str(due), room=room)))
+            i += 1
+
+    async def replies() -> None:
+        while running:
+            try:
+                Wire.result("sendMessage", await publisher.frame())
+                if measuring:
+                    counts["published"] += 1
+            except RuntimeError:
+                counts["errors"] += 1
 
     async def publish(window: int = 8) -> None:
         while running:
@@ -215,33 +248,42 @@ async def fanout(port: int, subscribers: int, warmup: float, seconds: float) -> 
                 counts["delivered"] += len(batch.messages)
                 counts["missed"] += batch.missed
                 if sample and batch.messages:
-                    latencies.append((time.monotonic_ns() - int(batch.messages[-1].content)) / 1e6)
+                    stamped = batch.messages[0 if rate else -1]  # open loop: the oldest, which waited longest
+                    latencies.append((time.monotonic_ns() - int(stamped.content)) / 1e6)
 
     every = max(1, subscribers // 100)  # latency from a hundred subscribers is enough, and cheap
     tasks = [asyncio.create_task(receive(w, s.subscription_id, i % every == 0)) for i, (w, s) in
              enumerate(zip(wires, subs, strict=True))]
-    tasks.append(asyncio.create_task(publish()))
+    feeders = [publish_at_rate(), replies()] if rate else [publish()]
+    tasks += [asyncio.create_task(feeder) for feeder in feeders]
     await asyncio.sleep(warmup)
     measuring, cpu, started = True, own_cpu_seconds(), time.perf_counter()
+    server_cpu = _cpu_of(server_pid)
     await asyncio.sleep(seconds)
     measuring = False
     took = time.perf_counter() - started
     load_cpu = own_cpu_seconds() - cpu
+    server_cpu = _cpu_of(server_pid) - server_cpu
     running = False
-    tasks[-1].cancel()  # the publisher; each subscriber ends with its poll, woken by the unsubscribe
+    for feeder in tasks[-len(feeders):]:
+        feeder.cancel()  # the publisher; each subscriber ends with its poll, woken by the unsubscribe
     for wire, sub in zip(wires, subs, strict=True):
         wire.writer.write(wire.request("unsubscribe", subscription_id=sub.subscription_id))
     await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.gather(*(_unsubscribed(wire) for wire in wires))
     for wire in [*wires, publisher]:
         wire.writer.close()
-    return {"subscribers": subscribers, "deliveries_per_s": counts["delivered"] / took,
+    return {"subscribers": subscribers, "rate": rate, "deliveries_per_s": counts["delivered"] / took,
             "publishes_per_s": counts["published"] / took, **counts, **_latency(latencies),
-            "load_cpu_share": load_cpu / took}
+            "load_cpu_share": load_cpu / took, "server_cpu_share": server_cpu / took}
 
 
 if __name__ == "__main__":
     mode, port, amount, warmup, seconds = sys.argv[1:6]
-    job = openloop if mode == "openloop" else fanout
-    print(json.dumps(uvloop.run(job(int(port), float(amount) if mode == "openloop" else int(amount),  # type: ignore[arg-type]
-                                    float(warmup), float(seconds)))))
+    if mode == "openloop":
+        result = uvloop.run(openloop(int(port), float(amount), float(warmup), float(seconds)))
+    else:
+        rate = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+        server_pid = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+        result = uvloop.run(fanout(int(port), int(amount), float(warmup), float(seconds), rate, server_pid))
+    print(json.dumps(result))
