@@ -15,7 +15,6 @@ authenticated. Which connection a call came on, and what it proved, is in `sessi
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +22,13 @@ from typing import Any
 
 import jwt
 
+from .contract import CONTROL_CHARACTERS
 from .errors import InvalidRequest, Unauthorized
 
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_LENGTH = 8192
 LEEWAY_S = 5.0
 """Clock difference allowed between the token's minter and this server, for exp and nbf."""
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def load_secret(path: str) -> bytes:
@@ -120,7 +119,7 @@ class Verifier:
         identity = claims.get("sub")
         if not isinstance(identity, str) or not identity:
             raise Unauthorized("the token's sub (the identity) must be a non-empty string")
-        if len(identity) > self.max_identity_length or _CONTROL.search(identity):
+        if len(identity) > self.max_identity_length or CONTROL_CHARACTERS.search(identity):
             raise Unauthorized("the token's sub is too long or has control characters: it cannot be a sender")
         return identity
 

@@ -7,6 +7,7 @@ dynamic, hence `Any` for mypy.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,4 +28,8 @@ WireChatError: Any = chat_thrift.ChatError
 """The IDL's `exception ChatError`; callers see `async_chat.errors.ChatError` instead."""
 
 DEFAULT_ROOM = "general"
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""What a name (sender, room, client_msg_id, a token's identity) may not contain: C0 and C1 controls, DEL,
+line and paragraph separators. A newline or an escape in a name would forge or garble every reader's line."""
 

@@ -8,24 +8,19 @@ Method names are the IDL's, camelCase included.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from . import auth
 from .brokers import redact
-from .contract import DEFAULT_ROOM, ServerStats
+from .contract import CONTROL_CHARACTERS, DEFAULT_ROOM, ServerStats
 from .errors import InvalidRequest, RateLimited, TooLarge, Unauthorized
 from .hub import Hub
 from .session import SESSION
 from .settings import Settings
 
 MAX_STATS_ROOMS = 1000
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-"""What a sender, room or client_msg_id may not contain: C0 and C1 controls, DEL, line and paragraph separators."""
 
 
 class ChatHandler:
@@ -206,6 +201,6 @@ class ChatHandler:
             raise InvalidRequest(f"{what} must be a string")
         if len(value) > self.settings.max_name_length:
             raise TooLarge(f"{what} is {len(value)} characters; the limit is {self.settings.max_name_length}")
-        control = _CONTROL.search(value)
+        control = CONTROL_CHARACTERS.search(value)
         if control is not None:  # a newline or an escape in a name would forge or garble every reader's line
             raise InvalidRequest(f"{what} must not contain control characters (it has U+{ord(control[0]):04X})")
