@@ -140,6 +140,15 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def _held_elsewhere(where: str, detail: str = "") -> str:
+    """Why the file at `where` cannot be ours: another process uses it (the lock file, or SQLite's own)."""
+    said = f" ({detail})" if detail else ""
+    return (
+        f"cannot use {where}: another process holds it{said}. One server per SQLite file: to run several"
+        " servers on the same rooms, use a Redis broker"
+    )
+
+
 class StoreError(Exception):
     """The file refused a write or a read (full, read-only, corrupt, I/O error): said in `reason`."""
 
@@ -249,10 +258,7 @@ class _Store:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StoreError(
-                f"cannot use {where}: another process holds it. One server per SQLite file: to run several"
-                " servers on the same rooms, use a Redis broker"
-            ) from None
+            raise StoreError(_held_elsewhere(where)) from None
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
@@ -260,14 +266,15 @@ class _Store:
         if fd is not None:
             os.close(fd)
 
+    def _failed(self, exc: sqlite3.Error) -> StoreError:
+        """A call on the open file failed (full, read-only, damaged, an I/O error): why, naming the file."""
+        return StoreError(f"{os.path.abspath(self.path)}: {exc}")
+
     def _cannot(self, verb: str, exc: sqlite3.Error) -> str:
         text = str(exc)
         where = os.path.abspath(self.path)
         if "locked" in text:
-            return (
-                f"cannot use {where}: another process holds it (database is locked). One server per SQLite"
-                " file: to run several servers on the same rooms, use a Redis broker"
-            )
+            return _held_elsewhere(where, "database is locked")
         if "unable to open" in text:
             folder = os.path.dirname(where)
             why = "its folder does not exist" if not os.path.isdir(folder) else "check the path and its permissions"
@@ -406,7 +413,7 @@ class _Store:
                     self.rooms[room] = next_seq
             for message in messages:
                 message.seq = message.sent_at_ms = None
-            raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+            raise self._failed(exc) from None
         self.unsaved.update(before)
         self.untrimmed.update(before)
         return results
@@ -473,7 +480,7 @@ class _Store:
         try:
             rows = db.execute(query + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+            raise self._failed(exc) from None
         return [
             Message(sender=sender, content=content, room=room, seq=seq, sent_at_ms=at, client_msg_id=key)
             for seq, sender, content, at, key in rows
@@ -521,7 +528,7 @@ class _Store:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(db)
-            raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+            raise self._failed(exc) from None
         # Only now that the file has it: what was saved, trimmed and forgotten.
         self.unsaved.difference_update(saving)
         self.untrimmed.difference_update(caught_up)
@@ -563,7 +570,7 @@ class _Store:
         try:
             _busy, frames, _copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+            raise self._failed(exc) from None
         return max(int(frames), 0) * self.page_size
 
     def restart_wal(self) -> None:
@@ -573,7 +580,7 @@ class _Store:
         try:
             self._open_db().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"{os.path.abspath(self.path)}: {exc}") from None
+            raise self._failed(exc) from None
 
     def size(self) -> int:
         """Bytes the file and its WAL take on disk now."""
