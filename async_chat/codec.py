@@ -319,16 +319,14 @@ class _Bytes:
 _WIDTHS = {TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, TType.I64: 8, TType.DOUBLE: 8}
 
 
-def call_length(data: bytes | bytearray) -> int | None:
-    """How many bytes the binary call `data` begins with takes, if it is all there and holds no list,
-    set or map; else None (the streaming decoder's to read). A walk over the field headers, never a
-    decode: each step moves forward, so it ends within len(data) steps whatever the bytes say."""
-    end = len(data)
-    if end < 4:
+def _body_start(data: bytes | bytearray) -> int | None:
+    """Where the struct of the binary message `data` begins, past its header; None if the header is not all
+    there. ValueError for a negative name length."""
+    if len(data) < 4:
         return None
     head = int.from_bytes(data[0:4], "big", signed=True)
     if head < 0:  # strict: version and type, name length, name, seqid
-        if end < 8:
+        if len(data) < 8:
             return None
         name = int.from_bytes(data[4:8], "big", signed=True)
         pos = 8 + name + 4
@@ -336,6 +334,20 @@ def call_length(data: bytes | bytearray) -> int | None:
         name = head
         pos = 4 + name + 1 + 4
     if name < 0:
+        raise ValueError("a negative name length")
+    return pos
+
+
+def call_length(data: bytes | bytearray) -> int | None:
+    """How many bytes the binary call `data` begins with takes, if it is all there and holds no list,
+    set or map; else None (the streaming decoder's to read). A walk over the field headers, never a
+    decode: each step moves forward, so it ends within len(data) steps whatever the bytes say."""
+    end = len(data)
+    try:
+        pos = _body_start(data)
+    except ValueError:
+        return None
+    if pos is None:
         return None
     depth = 1  # the arguments' struct
     widths, stop, string, struct = _WIDTHS, TType.STOP, TType.STRING, TType.STRUCT
@@ -379,19 +391,9 @@ def message_length(data: bytes | bytearray) -> int | None:
     without reading). Every step moves forward or closes a struct it opened, so it ends within about
     len(data) steps, and a list of fixed-width values is stepped over at once."""
     end = len(data)
-    if end < 4:
+    pos = _body_start(data)
+    if pos is None:
         return None
-    head = int.from_bytes(data[0:4], "big", signed=True)
-    if head < 0:
-        if end < 8:
-            return None
-        name = int.from_bytes(data[4:8], "big", signed=True)
-        pos = 8 + name + 4
-    else:
-        name = head
-        pos = 4 + name + 1 + 4
-    if name < 0:
-        raise ValueError("a negative name length")
     widths, stop, types = _WIDTHS, TType.STOP, _ELEMENT_TYPES
     # Each frame: None for a struct (read fields until STOP), else [value types, values left].
     frames: list[list[Any] | None] = [None]
