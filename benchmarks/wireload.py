@@ -220,26 +220,25 @@ async def fanout(
                 sender="fanout", content=str(due), room=room)))
             i += 1
 
+    async def count_reply() -> None:
+        """Read the publisher's next reply: a publish acknowledged (counted while measuring) or refused."""
+        try:
+            Wire.result("sendMessage", await publisher.frame())
+            if measuring:
+                counts["published"] += 1
+        except RuntimeError:
+            counts["errors"] += 1
+
     async def replies() -> None:
         while running:
-            try:
-                Wire.result("sendMessage", await publisher.frame())
-                if measuring:
-                    counts["published"] += 1
-            except RuntimeError:
-                counts["errors"] += 1
+            await count_reply()
 
     async def publish(window: int = 8) -> None:
         while running:
             publisher.writer.write(b"".join(publisher.request("sendMessage", message=Message(
                 sender="fanout", content=str(time.monotonic_ns()), room=room)) for _ in range(window)))
             for _ in range(window):
-                try:
-                    Wire.result("sendMessage", await publisher.frame())
-                    if measuring:
-                        counts["published"] += 1
-                except RuntimeError:
-                    counts["errors"] += 1
+                await count_reply()
 
     async def receive(wire: Wire, sub_id: str, sample: bool) -> None:
         while running:
