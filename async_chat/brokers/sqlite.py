@@ -622,21 +622,12 @@ class SqliteBroker(Broker):
         """The batch being committed (or the last one), and since when."""
         self._inflight_since = 0.0
         self._problem = ""
-        self.commits = 0
-        """Transactions committed for publishes (each holds one batch)."""
 
     def __repr__(self) -> str:
         s = self._store
         state = "up" if self.up else f"FAILING ({self._problem})"
-        return f"<SqliteBroker {s.path} {state} synchronous={s.synchronous} rooms={len(s.rooms)} floor={s.floor}>"
-
-    @property
-    def path(self) -> str:
-        return self._store.path
-
-    @property
-    def floor(self) -> int:
-        return self._store.floor
+        return (f"<SqliteBroker {s.path} {state} synchronous={s.synchronous} rooms={len(s.rooms)} floor={s.floor}"
+                f" trimmed={s.trimmed} forgotten={s.forgotten}>")
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -724,7 +715,6 @@ class SqliteBroker(Broker):
                     f"the broker could not store the message ({exc.args[0]}); nothing was stored, retry later"
                 ))
                 continue
-            self.commits += 1
             self._mark_up()
             deliver = self._deliver
             for (message, waiter), result in zip(batch, results, strict=True):
