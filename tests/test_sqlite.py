@@ -366,3 +366,28 @@ async def test_synchronous_full_is_recorded_and_needs_no_new_epoch(tmp_path: Pat
     finally:
         await server.stop()
     assert not any("new_epoch" in line for line in server.log)
+
+
+async def test_another_process_can_back_the_file_up_while_the_server_runs(tmp_path: Path) -> None:
+    """The README's promise: a backup while serving (sqlite3's online backup, from a process of its own)."""
+    db, copy = tmp_path / "chat.db", tmp_path / "copy.db"
+    server = await start(db)
+    try:
+        async with ChatClient(LOOPBACK, server.port, timeout=10) as client:
+            for i in range(5):
+                await client.publish(Message(sender="a", content=f"m{i}", room=ROOM))
+            backup = (
+                "import sqlite3, sys; src = sqlite3.connect(sys.argv[1]); dst = sqlite3.connect(sys.argv[2]);"
+                " src.backup(dst); dst.close(); src.close()"
+            )
+            done = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-c", backup, str(db), str(copy)],
+                capture_output=True, text=True, timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            assert await client.publish(Message(sender="a", content="after the backup", room=ROOM)) == 6
+    finally:
+        await server.stop()
+    with contextlib.closing(sqlite3.connect(copy)) as conn:
+        saved = [content for (content,) in conn.execute("SELECT content FROM messages ORDER BY seq")]
+    assert saved == [f"m{i}" for i in range(5)]
