@@ -181,9 +181,15 @@ service ChatService {
      * lower than the server's position means the last reply was lost: that batch is served again (or read
      * back from history, counting in missed only what history no longer holds). A from_seq past the
      * server's position is INVALID. Polls on one subscription are served one at a time.
+     * linger_ms (optional; 0 or absent: answer as soon as a message is waiting) trades a little latency for
+     * fewer, larger batches, as Kafka's fetch.max.wait and Nagle's algorithm do: once a message is waiting,
+     * the server waits up to linger_ms more for others (capped like wait_ms), and answers at once when
+     * max_messages are waiting. A message then waits at most linger_ms longer; a busy room costs the
+     * server and the subscriber one reply per linger_ms instead of one per message. A poll that replays
+     * history does not linger.
      */
-    Batch poll(1: string subscription_id, 2: i32 max_messages, 3: i32 wait_ms, 4: i64 from_seq)
-        throws (1: ChatError error),
+    Batch poll(1: string subscription_id, 2: i32 max_messages, 3: i32 wait_ms, 4: i64 from_seq,
+               5: i32 linger_ms) throws (1: ChatError error),
 
     /** End a subscription and free its queue. Unknown ids are ignored. */
     void unsubscribe(1: string subscription_id),

@@ -37,6 +37,7 @@ from thriftpy2.transport.buffered.cybuffered import TCyBufferedTransport  # type
 from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[import-not-found]
 
 from . import wire
+from .delivery import Delivery
 
 FAST_WINDOW = 16 * 1024
 """At most this much of a connection's unread bytes is copied for a fast decode. A larger call, or one
@@ -89,6 +90,7 @@ class Codec:
         self._args = {api: getattr(service, api + "_args") for api in self._methods}
         self._fast = protocol == "binary"
         self._void: dict[str, tuple[bytes, bytes]] = {}
+        self._heads: dict[str, bytes] = {}
         self._source = _Bytes()
         self._in_prot = TCyBinaryProtocol(TCyBufferedTransport(self._source), strict_read=False)
         self._out = TCyMemoryBuffer()
@@ -238,6 +240,65 @@ class Codec:
             parts = self._void[api] = (encoded[:-5], encoded[-1:])  # ... seqid (4 bytes), the struct's STOP
         return parts[0] + seqid.to_bytes(4, "big", signed=True) + parts[1]
 
+    def batch_reply(self, api: str, seqid: int, delivery: Delivery) -> bytes:
+        """The REPLY of a poll: what encoding `delivery.batch()` would give, made of each message's bytes as
+        first encoded for any subscriber (kept on its entry) between a header and a trailer."""
+        entries, count = delivery.entries, len(delivery.entries)
+        parts: list[bytes] = []
+        if self.protocol == "binary":
+            parts.append(self._reply_head(api) + seqid.to_bytes(4, "big", signed=True))
+            parts.append(b"\x0c\x00\x00\x0f\x00\x01\x0c" + count.to_bytes(4, "big"))  # success: Batch, messages
+            for entry in entries:
+                data = entry.binary
+                if data is None:
+                    data = entry.binary = self._struct(entry.message)
+                parts.append(data)
+            parts.append(
+                b"\x0a\x00\x02" + delivery.next_seq.to_bytes(8, "big", signed=True)
+                + b"\x0a\x00\x03" + delivery.missed.to_bytes(8, "big", signed=True)
+                + (b"\x02\x00\x04\x01\x00\x00" if delivery.renumbered else b"\x02\x00\x04\x00\x00\x00")
+            )
+        else:
+            parts.append(self._reply_head(api, seqid))
+            # success (field 0: a long field header), messages (field 1), a list of structs
+            parts.append(b"\x0c\x00\x19" + (bytes((count << 4 | 0x0C,)) if count <= 14 else b"\xfc" + _varint(count)))
+            for entry in entries:
+                data = entry.compact
+                if data is None:
+                    data = entry.compact = self._struct(entry.message)
+                parts.append(data)
+            parts.append(
+                b"\x16" + _varint(_zigzag(delivery.next_seq)) + b"\x16" + _varint(_zigzag(delivery.missed))
+                + (b"\x11\x00\x00" if delivery.renumbered else b"\x12\x00\x00")
+            )
+        return b"".join(parts)
+
+    def _reply_head(self, api: str, seqid: int = 0) -> bytes:
+        """A REPLY's header up to its seqid (binary), or whole (compact, whose seqid comes before the name)."""
+        if self.protocol != "binary":
+            name = api.encode("utf-8")
+            return b"\x82\x41" + _varint(seqid & 0xFFFFFFFF) + _varint(len(name)) + name
+        head = self._heads.get(api)
+        if head is None:
+            name = api.encode("utf-8")
+            size = len(name).to_bytes(4, "big")
+            head = self._heads[api] = b"\x80\x01\x00\x02" + size + name if self.strict else size + name + b"\x02"
+        return head
+
+    def _struct(self, value: Any) -> bytes:
+        """One struct's bytes, alone."""
+        out = self._out
+        try:
+            self._out_prot.write_struct(value)
+            data: bytes = out.getvalue()
+        except BaseException:
+            if self.protocol != "binary":
+                self._out_prot = TCompactProtocol(out)
+            raise
+        finally:
+            out.clean()
+        return data
+
     def request(self, api: str, seqid: int, args: Any) -> bytes:
         """A CALL message carrying `args` (the method's `_args` struct): what a client sends."""
         return self._encode(api, TMessageType.CALL, seqid, args)
@@ -314,6 +375,21 @@ class _Bytes:
             return data
         self._pos = pos + size
         return data[pos : pos + size]
+
+
+def _varint(n: int) -> bytes:
+    """An unsigned varint (compact protocol)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _zigzag(n: int) -> int:
+    """An i64 as compact writes it before its varint."""
+    return (n << 1) ^ (n >> 63)
 
 
 _WIDTHS = {TType.BOOL: 1, TType.BYTE: 1, TType.I16: 2, TType.I32: 4, TType.I64: 8, TType.DOUBLE: 8}

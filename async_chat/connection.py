@@ -29,6 +29,7 @@ from thriftpy2.transport import TTransportException
 
 from . import proxy_protocol, wire
 from .codec import Call, Codec, Frame
+from .delivery import Parked
 from .session import SESSION, Session
 from .tasks import start_eagerly
 from .wire import CallTooLarge, TrailingBytes
@@ -72,8 +73,10 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._context = contextvars.copy_context()
-        self._task: asyncio.Task[bytes | None] | None = None
-        """The call in flight, while it waits; None when nothing waits."""
+        self._task: asyncio.Task[bytes | Parked | None] | None = None
+        """The call in flight, while it waits in a task; None when nothing does."""
+        self._parked: Parked | None = None
+        """The poll in flight, while it waits with no task (delivery.py)."""
         self._waiter: asyncio.Future[None] | None = None
         """Set while the streaming decoder waits for bytes."""
         self._budget = 0
@@ -163,7 +166,8 @@ class Connection(asyncio.Protocol):
             self._buffer += data
             return
         buffer = self._buffer
-        if not buffer and self._task is None and self._waiter is None and self._codec is not None \
+        if not buffer and self._task is None and self._parked is None and self._waiter is None \
+                and self._codec is not None \
                 and not self._writing_paused and not self._closing and self._answer_whole(data):
             return
         buffer += data
@@ -172,7 +176,7 @@ class Connection(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        elif self._task is None and not self._writing_paused:
+        elif self._task is None and self._parked is None and not self._writing_paused:
             self._advance()
         if len(buffer) > HIGH_WATER + self._frame_size and self._waiter is None and not self._reading_paused \
                 and not self._closing:
@@ -235,7 +239,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._task is None:
+        if self._task is None and self._parked is None:
             self._advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -244,6 +248,7 @@ class Connection(asyncio.Protocol):
         self._closing = True  # a handshake under way fails by itself now, and says why (_start_tls)
         if self._task is not None:
             self._task.cancel()  # nobody is left to read its answer; the server awaits it
+        self._unpark()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
         self._buffer = bytearray()
@@ -254,9 +259,10 @@ class Connection(asyncio.Protocol):
 
     # -- control, for the server ----------------------------------------------------------------------
 
-    @property
-    def task(self) -> asyncio.Task[bytes | None] | None:
-        return self._task
+    def _unpark(self) -> None:
+        parked, self._parked = self._parked, None
+        if parked is not None:
+            parked.cancel()  # the subscription may serve another poll
 
     @property
     def unsent(self) -> int:
@@ -275,6 +281,7 @@ class Connection(asyncio.Protocol):
         self._closing = True
         if self._task is not None:
             self._task.cancel()
+        self._unpark()
         if self._transport is not None:
             self._transport.abort()
 
@@ -283,7 +290,7 @@ class Connection(asyncio.Protocol):
     def _advance(self) -> None:
         """Answer the calls that have arrived, in order, until one must wait or none is left."""
         try:
-            while self._task is None and not self._writing_paused and not self._closing:
+            while self._task is None and self._parked is None and not self._writing_paused and not self._closing:
                 buffer = self._buffer
                 if not buffer:
                     self.state = ConnectionState.IDLE
@@ -369,7 +376,7 @@ class Connection(asyncio.Protocol):
             raise TrailingBytes(f"a frame held {source.left} byte(s) after its call; a frame carries one call")
         return call
 
-    async def _stream_call(self, codec: Codec) -> bytes | None:
+    async def _stream_call(self, codec: Codec) -> bytes | Parked | None:
         call = await codec.read_call(self)
         self.state = ConnectionState.BUSY
         return await self._server.processor.answer(call, codec)
@@ -405,12 +412,16 @@ class Connection(asyncio.Protocol):
 
     # -- answering ------------------------------------------------------------------------------------
 
-    def _start(self, answering: Coroutine[Any, Any, bytes | None]) -> bool:
-        """Run a call to its reply; True if it finished now, False if it waits (in a task of its own)."""
-        task: asyncio.Task[bytes | None] | None
+    def _start(self, answering: Coroutine[Any, Any, bytes | Parked | None]) -> bool:
+        """Run a call to its reply; True if it finished now, False if it waits (in a task of its own, or
+        parked: a poll with no task, answered by callback)."""
+        task: asyncio.Task[bytes | Parked | None] | None
         if self._server.eager:
             reply, task = start_eagerly(answering, self._context)
             if task is None:
+                if isinstance(reply, Parked):
+                    self._park(reply)
+                    return False
                 self._replied(reply)
                 return True
         else:
@@ -420,7 +431,7 @@ class Connection(asyncio.Protocol):
         task.add_done_callback(self._call_done)
         return False
 
-    def _call_done(self, task: asyncio.Task[bytes | None]) -> None:
+    def _call_done(self, task: asyncio.Task[bytes | Parked | None]) -> None:
         if task is not self._task:
             return
         self._task = None
@@ -431,8 +442,26 @@ class Connection(asyncio.Protocol):
         if exc is not None:
             self._fail(exc)
             return
-        self._replied(task.result())
+        reply = task.result()
+        if isinstance(reply, Parked):
+            self._park(reply)
+            return
+        self._replied(reply)
         self._advance()
+
+    def _park(self, parked: Parked) -> None:
+        if self._closing:
+            parked.cancel()
+            return
+        self._parked = parked
+        parked.deliver = self._answered
+
+    def _answered(self, reply: bytes) -> None:
+        """A parked poll's reply (the hub's pass, or its wait's end)."""
+        self._parked = None
+        self._replied(reply)
+        if self._task is None:
+            self._advance()
 
     def _replied(self, reply: bytes | None) -> None:
         self.calls += 1

@@ -93,7 +93,12 @@ class ChatHandler:
         return sub
 
     async def poll(
-        self, subscription_id: str | None, max_messages: int | None, wait_ms: int | None, from_seq: int | None = None
+        self,
+        subscription_id: str | None,
+        max_messages: int | None,
+        wait_ms: int | None,
+        from_seq: int | None = None,
+        linger_ms: int | None = None,
     ) -> Any:
         self._caller()
         if not subscription_id:
@@ -104,13 +109,16 @@ class ChatHandler:
             raise InvalidRequest(f"wait_ms must be 0 or more, not {wait_ms}")
         if from_seq is not None and from_seq < 0:
             raise InvalidRequest(f"from_seq must be 0 (the server's position) or a seq >= 1, not {from_seq}")
+        if linger_ms is not None and linger_ms < 0:
+            raise InvalidRequest(f"linger_ms must be 0 (answer at once) or more, not {linger_ms}")
         limits = self.settings
-        return await self.hub.poll(
-            subscription_id,
-            min(max_messages, limits.max_poll_messages),
-            min(wait_ms, limits.max_poll_wait_ms) / 1000,
-            from_seq or 0,
-        )
+        max_messages, wait = min(max_messages, limits.max_poll_messages), min(wait_ms, limits.max_poll_wait_ms) / 1000
+        linger = min(linger_ms or 0, limits.max_poll_wait_ms) / 1000
+        # Most polls are answered, or parked to wait with no task, right here (delivery.py).
+        answer = self.hub.poll_now(subscription_id, max_messages, wait, from_seq or 0, linger)
+        if answer is None:
+            answer = await self.hub.poll_later(subscription_id, max_messages, wait, from_seq or 0)
+        return answer
 
     async def unsubscribe(self, subscription_id: str | None) -> None:
         self._caller()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -32,12 +33,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .brokers import Broker
-from .contract import Batch, RoomStats, Subscription
+from .contract import RoomStats, Subscription
+from .delivery import Delivery, Entry, Parked
 from .errors import InvalidRequest, NoSuchSubscription, Unavailable
 from .sizes import memory_size, wire_size
 from .tasks import cancel_and_wait, every, housekeeping_interval
 
 logger = logging.getLogger(__name__)
+
+TICK = 0.005
+"""Parked polls' waits end on ticks of this many seconds (never early): one timer per tick, not per poll."""
 
 
 class HubState(enum.Enum):
@@ -73,6 +78,7 @@ class _Subscriber:
     """One subscription's state. Small on purpose: an idle one must stay cheap."""
 
     __slots__ = (
+        "busy",
         "cursor",
         "dropped",
         "id",
@@ -80,41 +86,45 @@ class _Subscriber:
         "last_active",
         "last_start",
         "live_start",
-        "lock",
+        "parked",
         "queue",
         "queued_bytes",
         "room",
+        "turns",
         "waiter",
     )
 
     def __init__(self, sub_id: str, room: str, queue_size: int, now: float) -> None:
         self.id = sub_id
         self.room = room
-        self.queue: deque[tuple[Any, int]] = deque()
-        """Queued messages, each with its memory_size (computed once per message, not per subscriber): one
-        deque, not two, since an empty deque alone costs an idle subscription about 600 bytes."""
+        self.queue: deque[Entry] = deque()
+        """Queued messages: the entries every subscriber of the room shares (delivery.py)."""
         self.queued_bytes = 0
         """What the queue's messages take in memory (sizes.memory_size): bounded by HubLimits.queue_bytes."""
         self.cursor = 0
         self.live_start = 0
         self.dropped = 0
-        self.last: list[Any] | None = None
+        self.last: list[Entry] | None = None
         """The last batch served to a poll that said where it was, if at most HubLimits.queue_bytes:
         served again if its reply was lost. None: nothing kept."""
         self.last_start = 0
         """Where that batch started."""
         self.last_active = now
+        self.busy = False
+        """A poll is being served: polls on one subscription are served one at a time."""
+        self.turns: deque[asyncio.Future[None]] | None = None
+        """Polls waiting for their turn (`Hub._acquire`); None while there are none."""
+        self.parked: _ParkedPoll | None = None
+        """The poll waiting with no task (delivery.Parked), if that is how the current one waits."""
         self.waiter: asyncio.Future[None] | None = None
-        self.lock = asyncio.Lock()
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """What the current poll awaits, if it waits in a task (`Hub.poll`)."""
 
 
 class Hub:
     """Fans messages out to per-subscription bounded queues and serves long-polls from them."""
+
+    _loop: asyncio.AbstractEventLoop
+    """The loop it was started on: parked polls are timed and answered there."""
 
     def __init__(
         self,
@@ -138,6 +148,12 @@ class Hub:
         self.expired_total = 0
         self.polls_waiting = 0
         """Long-polls currently waiting for a message."""
+        self._ready: list[_Subscriber] = []
+        """Subscriptions whose parked poll a message woke in this loop iteration: answered in one pass."""
+        self._expiries: dict[int, set[_ParkedPoll]] = {}
+        """Parked polls by the tick their wait ends on."""
+        self._slow: set[asyncio.Task[None]] = set()
+        """Parked polls being answered from history (their queue overflowed while they waited)."""
 
     def __repr__(self) -> str:
         return (
@@ -150,6 +166,7 @@ class Hub:
         return len(self._subs)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.broker.start(self._deliver)
         interval = housekeeping_interval(self.limits.subscription_ttl, cap=5.0)
         self._reaper = asyncio.create_task(every(interval, self.reap), name="async_chat.hub.reaper")
@@ -160,7 +177,7 @@ class Hub:
         if self.state in (HubState.RUNNING, HubState.NEW):
             self.state = HubState.CLOSING
             for sub in self._subs.values():
-                sub.wake()
+                self._wake(sub)
 
     async def aclose(self) -> None:
         """Shut down (if not begun), stop the reaper and close the broker."""
@@ -170,6 +187,8 @@ class Hub:
         self.state = HubState.CLOSED
         reaper, self._reaper = self._reaper, None
         await cancel_and_wait(reaper)
+        for task in list(self._slow):
+            await cancel_and_wait(task)
         await self.broker.aclose()
 
     # -- publishing -------------------------------------------------------------------------------
@@ -188,6 +207,7 @@ class Hub:
         limit, byte_limit = self.limits.queue_size, self.limits.queue_bytes
         seq = message.seq
         size = memory_size(message)
+        entry = Entry(message, size, self._loop.time())  # one for every queue, encoded once per protocol
         evict: list[_Subscriber] = []
         for sub in subs:
             if seq < sub.live_start:
@@ -198,14 +218,14 @@ class Hub:
                     evict.append(sub)
                     continue
                 while queue and (len(queue) >= limit or sub.queued_bytes + size > byte_limit):
-                    dropped, dropped_size = queue.popleft()
-                    sub.queued_bytes -= dropped_size
+                    dropped = queue.popleft()
+                    sub.queued_bytes -= dropped.size
                     sub.dropped += 1
-                    sub.live_start = max(sub.live_start, dropped.seq + 1)  # history serves it, if it still can
+                    sub.live_start = max(sub.live_start, dropped.message.seq + 1)  # history serves it, if it can
                     self.dropped_total += 1
-            queue.append((message, size))
+            queue.append(entry)
             sub.queued_bytes += size
-            sub.wake()
+            self._wake(sub, message=True)
         for sub in evict:
             self._remove(sub)
             self.evicted_total += 1
@@ -234,8 +254,8 @@ class Hub:
             self._remove(sub)
             raise
         sub.live_start = next_seq
-        while sub.queue and sub.queue[0][0].seq < next_seq:
-            sub.queued_bytes -= sub.queue.popleft()[1]
+        while sub.queue and sub.queue[0].message.seq < next_seq:
+            sub.queued_bytes -= sub.queue.popleft().size
         if from_seq == 0:
             sub.cursor = next_seq
         elif from_seq > next_seq:
@@ -254,7 +274,7 @@ class Hub:
         """Whether any of the subscriptions `ids` has messages its client has not collected yet."""
         subs = self._subs
         return any(
-            (sub := subs.get(i)) is not None and (sub.queue or sub.cursor < sub.live_start) for i in ids
+            (sub := subs.get(i)) is not None and bool(sub.queue or sub.cursor < sub.live_start) for i in ids
         )
 
     def unsubscribe(self, sub_id: str) -> None:
@@ -272,56 +292,129 @@ class Hub:
                 self.broker.unwatch(sub.room)
         sub.queue.clear()
         sub.queued_bytes = 0
-        sub.wake()
+        self._wake(sub)
 
-    async def poll(self, sub_id: str, max_messages: int, wait: float, from_seq: int = 0) -> Any:
-        """Return waiting messages at once, else wait up to `wait` seconds for the first one.
+    def poll_now(
+        self, sub_id: str, max_messages: int, wait: float, from_seq: int = 0, linger: float = 0.0
+    ) -> Delivery | Parked | None:
+        """Serve a poll without a task: its answer now, or `Parked` when it must wait for a message (the hub
+        answers it later, by callback). None when serving it may wait for something else (the broker's
+        history, or another poll on the subscription): the caller awaits `poll_later` then.
 
-        `from_seq` >= 1 says where the client is: lower than the cursor means the previous reply never
-        arrived, and it is served again; 0 trusts the cursor (at-most-once per batch)."""
+        `linger` > 0: once a message is waiting, wait up to that much longer for more (chat.thrift, poll)."""
         sub = self._subs.get(sub_id)
         if sub is None:
             raise NoSuchSubscription(f"no subscription {sub_id!r} (never issued, unsubscribed or expired)")
-        async with sub.lock:
-            sub.last_active = self._clock()
-            try:
-                if from_seq:
-                    again = self._rewind(sub, from_seq)
-                    if again is not None:
-                        return again
-                start = sub.cursor
-                messages = await self._collect(sub, max_messages)
-                if not messages and sub.cursor == start and wait > 0 and self.state is HubState.RUNNING \
-                        and sub.id in self._subs:
-                    loop = asyncio.get_running_loop()
-                    sub.waiter = loop.create_future()
-                    self.polls_waiting += 1
-                    # A timer, not asyncio.timeout: a poll may start outside any task (connection.py).
-                    expiry = loop.call_later(wait, sub.wake)
-                    try:
-                        await sub.waiter
-                    finally:
-                        expiry.cancel()
-                        sub.waiter = None
-                        self.polls_waiting -= 1
-                    messages = await self._collect(sub, max_messages)
-            finally:
-                sub.last_active = self._clock()
-            if from_seq:  # kept for a re-send, if it is small enough: else history serves a lost one
-                small = sum(map(memory_size, messages)) <= self.limits.queue_bytes
-                sub.last, sub.last_start = (messages if small else None), start
-            return self._batch(sub, messages, start, sub.cursor)
+        if sub.busy or sub.cursor < sub.live_start or (
+            0 < from_seq < sub.cursor and (sub.last is None or sub.last_start > from_seq)
+        ):
+            return None
+        sub.last_active = self._clock()
+        if from_seq:
+            again = self._rewind(sub, from_seq)
+            if again is not None:
+                return again
+        start = sub.cursor
+        waits = wait > 0 and self.state is HubState.RUNNING
+        if linger > 0 and waits and sub.queue and not self._full(sub, max_messages):
+            due = sub.queue[0].at + linger  # the oldest waiting message waits at most `linger` more
+            if due > self._loop.time():
+                return self._park(sub, max_messages, from_seq, start, due, linger, lingering=True)
+        entries = self._take(sub, max_messages, [], self.limits.max_reply_bytes)
+        if entries or sub.cursor != start or not waits:
+            return self._served(sub, entries, start, from_seq)
+        return self._park(sub, max_messages, from_seq, start, self._loop.time() + wait, linger, lingering=False)
 
-    def _batch(self, sub: _Subscriber, messages: list[Any], start: int, next_seq: int) -> Any:
-        end = messages[0].seq if messages else next_seq
+    def _park(
+        self, sub: _Subscriber, max_messages: int, from_seq: int, start: int, until: float, linger: float,
+        lingering: bool,
+    ) -> _ParkedPoll:
+        parked = sub.parked = _ParkedPoll(self, sub, max_messages, from_seq, start, linger)
+        parked.lingering = lingering
+        parked.since = self._loop.time()
+        sub.busy = True
+        self.polls_waiting += 1
+        self._time(parked, until)
+        return parked
+
+    def _time(self, parked: _ParkedPoll, until: float) -> None:
+        """End `parked`'s wait at the first tick at or after `until` (and no longer at the one it had)."""
+        self._untime(parked)
+        parked.tick = tick = math.ceil(until / TICK)
+        waiting = self._expiries.get(tick)
+        if waiting is None:
+            waiting = self._expiries[tick] = set()
+            self._loop.call_at(tick * TICK, self._expire, tick)
+        waiting.add(parked)
+
+    def _untime(self, parked: _ParkedPoll) -> None:
+        waiting = self._expiries.get(parked.tick)
+        if waiting is not None:
+            waiting.discard(parked)
+
+    def _full(self, sub: _Subscriber, max_messages: int) -> bool:
+        """Whether the queue holds a whole batch: a lingering poll is answered at once then."""
+        return len(sub.queue) >= max_messages or sub.queued_bytes >= self.limits.max_reply_bytes
+
+    async def poll(self, sub_id: str, max_messages: int, wait: float, from_seq: int = 0) -> Any:
+        """Return waiting messages at once (the IDL's `Batch`), else wait up to `wait` seconds for the first.
+
+        `from_seq` >= 1 says where the client is: lower than the cursor means the previous reply never
+        arrived, and it is served again; 0 trusts the cursor (at-most-once per batch)."""
+        return (await self.poll_later(sub_id, max_messages, wait, from_seq)).batch()
+
+    async def poll_later(self, sub_id: str, max_messages: int, wait: float, from_seq: int = 0) -> Delivery:
+        """`poll`, answered as a `Delivery`: the path that may await the broker and its turn."""
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            raise NoSuchSubscription(f"no subscription {sub_id!r} (never issued, unsubscribed or expired)")
+        await self._acquire(sub)
+        try:
+            sub.last_active = self._clock()
+            if from_seq:
+                again = self._rewind(sub, from_seq)
+                if again is not None:
+                    return again
+            start = sub.cursor
+            entries = await self._collect(sub, max_messages)
+            if not entries and sub.cursor == start and wait > 0 and self.state is HubState.RUNNING \
+                    and sub.id in self._subs:
+                loop = asyncio.get_running_loop()
+                sub.waiter = loop.create_future()
+                self.polls_waiting += 1
+                # A timer, not asyncio.timeout: a poll may start outside any task (connection.py).
+                expiry = loop.call_later(wait, self._wake, sub)
+                try:
+                    await sub.waiter
+                finally:
+                    expiry.cancel()
+                    sub.waiter = None
+                    self.polls_waiting -= 1
+                entries = await self._collect(sub, max_messages)
+            return self._served(sub, entries, start, from_seq)
+        finally:
+            sub.last_active = self._clock()
+            self._release(sub)
+
+    def _served(self, sub: _Subscriber, entries: list[Entry], start: int, from_seq: int) -> Delivery:
+        """The answer to a poll that started at `start`; kept for a re-send if the poll said where it was
+        (and the batch is small enough: else history serves a lost one)."""
+        sub.last_active = self._clock()
+        if from_seq:
+            small = sum(e.size for e in entries) <= self.limits.queue_bytes
+            sub.last, sub.last_start = (entries if small else None), start
+        return self._delivery(sub, entries, start, sub.cursor)
+
+    def _delivery(self, sub: _Subscriber, entries: list[Entry], start: int, next_seq: int) -> Delivery:
+        end = entries[0].message.seq if entries else next_seq
         floor = self.broker.renumbered(sub.room, start, end) if end > start else None
         missed = end - start if floor is None else end - floor - 1  # a jump is not a loss of that many
-        self.delivered_total += len(messages)
+        self.delivered_total += len(entries)
         self.missed_total += missed
-        return Batch(messages=messages, next_seq=next_seq, missed=missed, renumbered=floor is not None)
+        return Delivery(entries, next_seq, missed, floor is not None)
 
-    def _rewind(self, sub: _Subscriber, from_seq: int) -> Any:
-        """Move the cursor back to where the client says it is; a Batch when the last one is served again."""
+    def _rewind(self, sub: _Subscriber, from_seq: int) -> Delivery | None:
+        """Move the cursor back to where the client says it is; a Delivery when the last batch is served again."""
         cursor = sub.cursor
         if from_seq > cursor:
             raise InvalidRequest(f"from_seq {from_seq} is past this subscription's position {cursor}")
@@ -331,19 +424,19 @@ class Hub:
             return None
         if last is not None and sub.last_start <= from_seq:
             # The last reply was lost: the same messages again (a re-sent batch also reports its gap).
-            again = [m for m in last if m.seq >= from_seq]
+            again = [e for e in last if e.message.seq >= from_seq]
             sub.last = last
-            return self._batch(sub, again, from_seq, cursor)
+            return self._delivery(sub, again, from_seq, cursor)
         # Further back than the last batch kept (or it was too large to keep): history serves it, and the
         # queue still holds what follows.
         sub.live_start = max(sub.live_start, cursor)
         sub.cursor = from_seq
         return None
 
-    async def _collect(self, sub: _Subscriber, max_messages: int) -> list[Any]:
+    async def _collect(self, sub: _Subscriber, max_messages: int) -> list[Entry]:
         """Up to `max_messages` from the cursor on, in seq order. A gap is skipped (and so counted, by
-        `_batch`) only before the first message: a batch stops at a gap, and the next one starts with it."""
-        out: list[Any] = []
+        `_delivery`) only before the first message: a batch stops at a gap, and the next one starts with it."""
+        out: list[Entry] = []
         room_left = self.limits.max_reply_bytes
         if sub.cursor < sub.live_start:
             want = min(max_messages, sub.live_start - sub.cursor)
@@ -358,32 +451,148 @@ class Hub:
                 for message in page:
                     if message.seq != sub.cursor or message.seq >= sub.live_start:
                         break  # a gap after the first message, or past the replay: the next batch goes on
-                    room_left -= wire_size(memory_size(message), sub.room)
+                    size = memory_size(message)
+                    room_left -= wire_size(size, sub.room)
                     if room_left < 0 and out:
                         return out  # the reply is full: the next batch goes on from here
-                    out.append(message)
+                    out.append(Entry(message, size))
                     sub.cursor = message.seq + 1
             if sub.cursor < sub.live_start:
                 return out
+        return self._take(sub, max_messages, out, room_left)
+
+    def _take(self, sub: _Subscriber, max_messages: int, out: list[Entry], room_left: int) -> list[Entry]:
+        """`_collect` from the queue: what follows the cursor there, onto `out`, within `room_left` bytes."""
         queue = sub.queue
         to_wire = wire_size(0, sub.room)  # what a message's wire size is beside its memory size
         while queue and len(out) < max_messages:
-            message, size = queue[0]
-            seq = message.seq
+            entry = queue[0]
+            seq = entry.message.seq
             if seq < sub.cursor:
                 queue.popleft()  # already served from history
-                sub.queued_bytes -= size
+                sub.queued_bytes -= entry.size
                 continue
             if seq > sub.cursor and out:
                 break  # a seq the broker never delivered: a gap, reported by the next batch
-            room_left -= size + to_wire
+            room_left -= entry.size + to_wire
             if room_left < 0 and out:
                 break  # the reply is full
             queue.popleft()
-            out.append(message)
-            sub.queued_bytes -= size
+            out.append(entry)
+            sub.queued_bytes -= entry.size
             sub.cursor = seq + 1
         return out
+
+    # -- waiting: one poll at a time per subscription, parked polls answered in one pass -------------
+
+    async def _acquire(self, sub: _Subscriber) -> None:
+        """Take the subscription's turn, waiting while another poll is served."""
+        if not sub.busy:
+            sub.busy = True
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if sub.turns is None:
+            sub.turns = deque()
+        sub.turns.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._release(sub)  # the turn came as this poll was cancelled: pass it on
+            elif sub.turns is not None and turn in sub.turns:
+                sub.turns.remove(turn)
+            raise
+
+    def _release(self, sub: _Subscriber) -> None:
+        """End a poll's turn: the next waiting poll's, if any."""
+        turns = sub.turns
+        while turns:
+            turn = turns.popleft()
+            if not turn.done():
+                turn.set_result(None)  # busy stays set: it is that poll's turn now
+                return
+        sub.turns = None
+        sub.busy = False
+
+    def _wake(self, sub: _Subscriber, message: bool = False) -> None:
+        """The subscription has something for its poll (a `message`, or an end): answer it, or, for a poll
+        that lingers, once its linger has passed or its batch is full."""
+        parked = sub.parked
+        if parked is not None:
+            if parked.woken:
+                return
+            if message and parked.linger and not self._full(sub, parked.max_messages):
+                if parked.lingering:
+                    return
+                # The first message: answered `linger` after the poll came (polls that came at different
+                # times are answered at different times, not in one burst), or now if that has passed.
+                parked.lingering = True
+                due = parked.since + parked.linger
+                if due > self._loop.time():
+                    self._time(parked, due)
+                    return
+            parked.woken = True
+            if not self._ready:
+                self._loop.call_soon(self._answer_ready)
+            self._ready.append(sub)
+            return
+        waiter = sub.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _answer_ready(self) -> None:
+        """Answer every parked poll woken since the last pass: a thousand subscribers of one message cost
+        a thousand replies (mostly the same bytes) and one callback."""
+        ready, self._ready = self._ready, []
+        for sub in ready:
+            parked = sub.parked
+            if parked is not None:
+                self._answer(sub, parked)
+
+    def _expire(self, tick: int) -> None:
+        for parked in self._expiries.pop(tick, ()):
+            if parked.sub.parked is parked:
+                self._answer(parked.sub, parked)
+
+    def _unpark(self, parked: _ParkedPoll) -> bool:
+        """Take `parked` off its subscription (which stays busy); False if it was no longer there."""
+        sub = parked.sub
+        if sub.parked is not parked:
+            return False
+        sub.parked = None
+        self.polls_waiting -= 1
+        self._untime(parked)
+        return True
+
+    def _answer(self, sub: _Subscriber, parked: _ParkedPoll) -> None:
+        self._unpark(parked)
+        if sub.cursor < sub.live_start:
+            # Its queue overflowed while it waited: history serves what was dropped, which takes a wait.
+            task = self._loop.create_task(self._answer_from_history(sub, parked))
+            self._slow.add(task)
+            task.add_done_callback(self._slow.discard)
+            return
+        try:
+            entries = self._take(sub, parked.max_messages, [], self.limits.max_reply_bytes)
+            delivery = self._served(sub, entries, parked.start, parked.from_seq)
+        finally:
+            self._release(sub)
+        try:
+            parked.finish(delivery)
+        except Exception:  # one connection's failure must not leave the rest of the pass unanswered
+            logger.exception("answering a poll failed")
+
+    async def _answer_from_history(self, sub: _Subscriber, parked: _ParkedPoll) -> None:
+        try:
+            try:
+                entries = await self._collect(sub, parked.max_messages)
+            except Exception:  # _collect answers a broker that is away itself: this is a bug, not an outage
+                logger.exception("reading history for a poll failed; answering it with what its queue holds")
+                entries = self._take(sub, parked.max_messages, [], self.limits.max_reply_bytes)
+            delivery = self._served(sub, entries, parked.start, parked.from_seq)
+        finally:
+            self._release(sub)
+        parked.finish(delivery)
 
     # -- history ----------------------------------------------------------------------------------
 
@@ -427,7 +636,7 @@ class Hub:
     def reap(self) -> int:
         """Expire subscriptions idle for longer than the TTL (never one with a poll in progress)."""
         deadline = self._clock() - self.limits.subscription_ttl
-        stale = [s for s in self._subs.values() if s.last_active < deadline and not s.lock.locked()]
+        stale = [s for s in self._subs.values() if s.last_active < deadline and not s.busy]
         for sub in stale:
             self._remove(sub)
         if stale:
@@ -441,3 +650,32 @@ class Hub:
     def _check_running(self) -> None:
         if self.state is not HubState.RUNNING:
             raise Unavailable("the server is shutting down")
+
+
+class _ParkedPoll(Parked):
+    """A parked poll as the hub keeps it: what to answer it with, and where its wait ends."""
+
+    __slots__ = ("_hub", "from_seq", "linger", "lingering", "max_messages", "since", "start", "sub", "tick", "woken")
+
+    def __init__(
+        self, hub: Hub, sub: _Subscriber, max_messages: int, from_seq: int, start: int, linger: float
+    ) -> None:
+        super().__init__()
+        self._hub = hub
+        self.sub = sub
+        self.max_messages = max_messages
+        self.from_seq = from_seq
+        self.start = start
+        self.linger = linger
+        self.lingering = False
+        """A message is waiting: the wait ends `linger` after `since`, or after the oldest message came."""
+        self.since = 0.0
+        """When the poll came (the loop's clock)."""
+        self.tick = 0
+        """The tick its wait ends on (Hub._expiries)."""
+        self.woken = False
+        """It is to be answered in the next pass."""
+
+    def _forget(self) -> None:
+        if self._hub._unpark(self):
+            self._hub._release(self.sub)

@@ -15,12 +15,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from thriftpy2.thrift import TApplicationException
 
 from .contract import WireChatError
+from .delivery import Delivery, Parked
 from .errors import ChatError
 
 if TYPE_CHECKING:
@@ -49,9 +51,9 @@ class ChatProcessor:
                 "error" in fields,
             )
 
-    async def answer(self, call: Call, codec: Codec) -> bytes | None:
-        """Run `call` and return its reply's bytes (None for a oneway method); with metrics on, count it
-        by method and outcome."""
+    async def answer(self, call: Call, codec: Codec) -> bytes | Parked | None:
+        """Run `call` and return its reply's bytes (None for a oneway method; `Parked` for a poll that
+        waits with no task, whose bytes come by callback); with metrics on, count it by method and outcome."""
         metrics = self.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         api, seqid, args = call.api, call.seqid, call.args
@@ -88,11 +90,28 @@ class ChatProcessor:
                     reply = None
                 elif method.void:
                     reply = codec.void_reply(api, seqid)
+                elif type(value) is Delivery:
+                    reply = self._encode_batch(codec, api, seqid, value)
+                elif isinstance(value, Parked):  # a poll that waits with no task: answered by callback
+                    value.encode = partial(self._answer_parked, codec, api, seqid, started)
+                    return value
                 else:
                     reply = self._encode(codec, api, seqid, method.result(success=value))
         if metrics is not None:
             metrics.observe(api, outcome, time.perf_counter() - started)
         return reply
+
+    def _answer_parked(self, codec: Codec, api: str, seqid: int, started: float, delivery: Delivery) -> bytes:
+        reply = self._encode_batch(codec, api, seqid, delivery)
+        if self.metrics is not None:
+            self.metrics.observe(api, "ok", time.perf_counter() - started)
+        return reply
+
+    def _encode_batch(self, codec: Codec, api: str, seqid: int, delivery: Delivery) -> bytes:
+        try:
+            return codec.batch_reply(api, seqid, delivery)
+        except Exception:
+            return self._internal_error(api, seqid, codec)
 
     def _encode(self, codec: Codec, api: str, seqid: int, result: Any) -> bytes:
         try:

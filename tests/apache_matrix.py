@@ -55,9 +55,9 @@ def main() -> dict[str, Any]:
     result["publish"] = writer.publish(Message(sender="alice", content="one", room=room, client_msg_id="k1"))
     result["publish again"] = writer.publish(Message(sender="alice", content="one", room=room, client_msg_id="k1"))
     writer.sendMessage(Message(sender="bob", content="two", room=room))
-    batch = reader.poll(sub.subscription_id, 10, 5000, sub.next_seq)
+    batch = reader.poll(sub.subscription_id, 10, 5000, sub.next_seq, 0)  # linger_ms 0: the classic poll
     result["poll"] = [[m.seq, m.sender, m.content, m.room] for m in batch.messages] + [batch.next_seq, batch.missed]
-    again = reader.poll(sub.subscription_id, 10, 0, sub.next_seq)  # as if the first reply had been lost
+    again = reader.poll(sub.subscription_id, 10, 0, sub.next_seq, 20)  # as if the first reply had been lost
     result["poll again"] = [[m.seq, m.content] for m in again.messages] + [again.next_seq, again.missed]
     result["history"] = [[m.seq, m.content] for m in reader.history(room, 1, 10)]
     try:

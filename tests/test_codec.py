@@ -11,6 +11,7 @@ from thriftpy2.transport import TMemoryBuffer
 
 from async_chat.codec import Codec, call_length
 from async_chat.contract import ChatService, Message
+from async_chat.delivery import Delivery, Entry
 
 
 def call(api: str, seqid: int = 1, **kwargs: object) -> bytes:
@@ -104,3 +105,26 @@ def test_negative_lengths_are_refused(codec: Codec) -> None:
     data[at : at + 4] = (-5).to_bytes(4, "big", signed=True)
     assert call_length(data) is None
     assert codec.decode(bytes(data), whole=True) is None
+
+
+@pytest.mark.parametrize(("protocol", "strict"), [("binary", True), ("binary", False), ("compact", True)])
+def test_a_batch_reply_is_byte_for_byte_what_thriftpy2_encodes(protocol: str, strict: bool) -> None:
+    """A poll's reply is spliced from each message's bytes as first encoded (kept on its entry, shared by
+    every subscriber); it must be exactly what encoding the Batch would give, whatever it holds: lists
+    short and long (compact writes 15 and more another way), text of any kind, absent optional fields,
+    seqids of every size, a gap, a renumbering."""
+    codec = Codec(ChatService, protocol, strict)
+    rng = random.Random(7)
+    for count in (0, 1, 2, 14, 15, 16, 200):
+        entries = [
+            Entry(Message(sender=f"s{i}", content=rng.choice(["", "plain", "é—✓" * i, "x" * 300]), room="room",
+                          seq=rng.randrange(1, 2**62), sent_at_ms=rng.choice([None, 1_700_000_000_000 + i]),
+                          client_msg_id=rng.choice([None, f"id-{i}"])), 1)
+            for i in range(count)
+        ]
+        for seqid in (0, 1, 127, 128, 2**31 - 1, *((-1, -(2**31)) if protocol == "binary" else ())):
+            for next_seq, missed, renumbered in ((1, 0, False), (2**40, 7, True), (5, 2**33, False)):
+                delivery = Delivery(entries, next_seq, missed, renumbered)
+                expected = codec.reply("poll", seqid, ChatService.poll_result(success=delivery.batch()))
+                assert codec.batch_reply("poll", seqid, delivery) == expected
+                assert codec.batch_reply("poll", seqid, delivery) == expected  # from the bytes kept on each entry

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from async_chat import InvalidRequest, Message, NoSuchSubscription, Unavailable
 from async_chat.brokers.memory import MemoryBroker
+from async_chat.delivery import Delivery, Parked
 from async_chat.hub import Hub, HubLimits
 
 from .conftest import wait_until
@@ -341,14 +342,18 @@ async def test_overflow_can_end_the_subscription_and_a_resubscribe_replays_from_
     queue_size=st.integers(1, 8),
     history=st.integers(0, 12),
     from_seq=st.integers(0, 15),
-    steps=st.lists(st.tuples(st.sampled_from(["publish", "poll", "lost"]), st.integers(1, 6)), max_size=30),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["publish", "poll", "lost", "park", "served"]), st.integers(1, 6)), max_size=30
+    ),
 )
 def test_every_message_is_delivered_once_in_order_or_counted_missed_at_its_gap(
     queue_size: int, history: int, from_seq: int, steps: list[tuple[str, int]]
 ) -> None:
     """Whatever the interleaving of publishes, polls and replies lost on the way, a subscriber that says
     where it is gets every seq once, in order, or counted in missed exactly at its gap: each batch's
-    first seq (or its next_seq when empty) is the client's position plus that batch's missed."""
+    first seq (or its next_seq when empty) is the client's position plus that batch's missed. Polls go
+    through `Hub.poll`, or as the server serves them ("served": `poll_now`, else `poll_later`), or park
+    to wait for the next publishes ("park") and are answered by the hub's pass."""
 
     async def scenario() -> None:
         hub = Hub(MemoryBroker(history=history, dedup_window=1), HubLimits(queue_size=queue_size))
@@ -360,9 +365,12 @@ def test_every_message_is_delivered_once_in_order_or_counted_missed_at_its_gap(
             delivered: list[int] = []
             missed = 0
 
-            async def poll(limit: int, lose: bool = False) -> None:
+            async def poll(limit: int, lose: bool = False, way: str = "poll") -> None:
                 nonlocal position, missed
-                batch = await hub.poll(sub.subscription_id, limit, 0, from_seq=position)
+                if way == "poll":
+                    batch = await hub.poll(sub.subscription_id, limit, 0, from_seq=position)
+                else:
+                    batch = (await serve(hub, sub.subscription_id, limit, position, park=way == "park")).batch()
                 if lose:
                     return  # the reply never arrived: the client polls again from the same position
                 seqs = [m.seq for m in batch.messages]
@@ -377,7 +385,7 @@ def test_every_message_is_delivered_once_in_order_or_counted_missed_at_its_gap(
                 if action == "publish":
                     await publish(hub, n)
                 else:
-                    await poll(n, lose=action == "lost")
+                    await poll(n, lose=action == "lost", way=action)
             last = await hub.broker.next_seq("r") - 1
             for _ in range(20):  # enough polls of 100 to drain whatever is left (bounded: no endless loop)
                 await poll(100)
@@ -387,3 +395,18 @@ def test_every_message_is_delivered_once_in_order_or_counted_missed_at_its_gap(
             await hub.aclose()
 
     asyncio.run(scenario())
+
+
+async def serve(hub: Hub, sub_id: str, limit: int, position: int, park: bool = False, linger: float = 0.0) -> Delivery:
+    """A poll served the way the server serves it: at once, parked, or awaited. Parked (`park`): a publish
+    of three messages wakes it, and the hub's pass answers it."""
+    answer = hub.poll_now(sub_id, limit, 30 if park else 0, position, linger)
+    if answer is None:
+        return await hub.poll_later(sub_id, limit, 0, position)
+    if isinstance(answer, Parked):
+        got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        answer.encode = lambda delivery: delivery  # type: ignore[assignment,return-value]  # the Delivery itself
+        answer.deliver = got.set_result  # type: ignore[assignment]
+        await publish(hub, 3)
+        return await asyncio.wait_for(got, 5)
+    return answer
