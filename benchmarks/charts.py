@@ -157,17 +157,20 @@ def tables(doc: dict[str, Any], connections: int | None = None) -> str:
         out.append("")
     fanout = _scenario(doc, "fanout")
     if fanout:
-        out += ["| round | subscribers | publisher | deliveries/s | publishes/s | p50 ms | p99 ms | p99.9 ms | missed |"
-                " errors | server CPU | load CPU |",
-                "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += ["| round | subscribers | publisher | poll | deliveries/s | publishes/s | p50 ms | p99 ms | p99.9 ms |"
+                " missed | lost | errors | server CPU | load CPU |",
+                "|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for index, figures in enumerate(fanout["rounds"], 1):
             for f in figures.values():
-                rate = f.get("rate", 0)
+                rate, linger = f.get("rate", 0), f.get("linger_ms", 0)
                 publisher = f"{rate:,.0f}/s, open loop (latency of each batch's oldest)" if rate else "closed loop"
-                out.append(f"| {index} | {f['subscribers']:,.0f} | {publisher} | {f['deliveries_per_s']:,.0f} |"
-                           f" {f['publishes_per_s']:,.0f} | {f['p50_ms']:.2f} | {f['p99_ms']:.2f} |"
-                           f" {f.get('p999_ms', float('nan')):.2f} | {f['missed']:.0f} | {f['errors']:.0f} |"
-                           f" {f.get('server_cpu_share', float('nan')):.2f} | {f['load_cpu_share']:.2f} |")
+                poll = f"linger {linger:.0f} ms" if linger else "classic"
+                out.append(f"| {index} | {f['subscribers']:,.0f} | {publisher} | {poll} |"
+                           f" {f['deliveries_per_s']:,.0f} | {f['publishes_per_s']:,.0f} | {f['p50_ms']:.2f} |"
+                           f" {f['p99_ms']:.2f} |"
+                           f" {f.get('p999_ms', float('nan')):.2f} | {f['missed']:.0f} | {f.get('lost', 0):.0f} |"
+                           f" {f['errors']:.0f} | {f.get('server_cpu_share', float('nan')):.2f} |"
+                           f" {f['load_cpu_share']:.2f} |")
         out.append("")
     durable = _scenario(doc, "durable")
     if durable:

@@ -2,7 +2,7 @@
 codec: light enough that one process can receive what the server delivers at its peak.
 
     python -m benchmarks.wireload openloop PORT RATE WARMUP SECONDS
-    python -m benchmarks.wireload fanout PORT SUBSCRIBERS WARMUP SECONDS [RATE [SERVER_PID]]
+    python -m benchmarks.wireload fanout PORT SUBSCRIBERS WARMUP SECONDS [RATE [SERVER_PID [LINGER_MS]]]
 
 Each prints one JSON object. A message's content is the monotonic clock, in nanoseconds, when it was due
 (open loop: published by openloop.c) or sent (fan-out): the subscriber's latency is its arrival minus
@@ -187,7 +187,8 @@ async def _publish_python(port: int, room: str, rate: float, total: int) -> dict
 
 
 async def fanout(
-    port: int, subscribers: int, warmup: float, seconds: float, rate: float = 0.0, server_pid: int = 0
+    port: int, subscribers: int, warmup: float, seconds: float, rate: float = 0.0, server_pid: int = 0,
+    linger_ms: int = 0,
 ) -> dict[str, Any]:
     """`subscribers` long-poll one room while one publisher sends as fast as the server answers it, or
     (`rate`) open loop: message i when it is due, stamped with that time, and latency taken from the
@@ -195,7 +196,11 @@ async def fanout(
 
     The room is this run's own and every subscription is ended before the run returns: a subscription
     outlives its connection (until --subscription-ttl), and ten thousand left behind in a shared room
-    would slow the next run's publishes."""
+    would slow the next run's publishes. The subscribers are fanout.c's (this process's own without a C
+    compiler: about as costly per delivery as the server, so that its latency is partly its own)."""
+    binary = loadgen.compiled("fanout")
+    if binary is not None:
+        return await _fanout_c(binary, port, subscribers, warmup, seconds, rate, server_pid, linger_ms)
     room = f"fanout-{os.getpid()}"
     allow_open_files(subscribers)
     wires = []
@@ -242,7 +247,8 @@ async def fanout(
 
     async def receive(wire: Wire, sub_id: str, sample: bool) -> None:
         while running:
-            batch = await wire.call("poll", subscription_id=sub_id, max_messages=1000, wait_ms=1000)
+            batch = await wire.call("poll", subscription_id=sub_id, max_messages=1000, wait_ms=1000,
+                                    linger_ms=linger_ms or None)
             if measuring:
                 counts["delivered"] += len(batch.messages)
                 counts["missed"] += batch.missed
@@ -272,9 +278,92 @@ async def fanout(
     await asyncio.gather(*(_unsubscribed(wire) for wire in wires))
     for wire in [*wires, publisher]:
         wire.writer.close()
-    return {"subscribers": subscribers, "rate": rate, "deliveries_per_s": counts["delivered"] / took,
+    return {"subscribers": subscribers, "rate": rate, "linger_ms": linger_ms,
+            "deliveries_per_s": counts["delivered"] / took,
             "publishes_per_s": counts["published"] / took, **counts, **_latency(latencies),
-            "load_cpu_share": load_cpu / took, "server_cpu_share": server_cpu / took}
+            "load_cpu_share": load_cpu / took, "server_cpu_share": server_cpu / took, "c_subscribers": 0.0}
+
+
+PLACEHOLDER = "X" * 24  # a subscription id's length (the server's are 24 hex digits); fanout.c writes it here
+
+
+async def _fanout_c(
+    binary: Path, port: int, subscribers: int, warmup: float, seconds: float, rate: float, server_pid: int,
+    linger_ms: int,
+) -> dict[str, Any]:
+    """fanout.c subscribes and polls; the publisher is openloop.c at `rate`, or this process's closed loop.
+
+    Open loop, every subscriber polls on until it has seen every message sent (delivered or reported
+    missed), so that a message neither is counted as lost."""
+    room = f"fanout-{os.getpid()}"
+    allow_open_files(subscribers)
+    wire = Wire(None, None)  # type: ignore[arg-type]  # encodes the calls only
+    subscribe = wire.request("subscribe", room=room, from_seq=0)
+    poll = wire.request("poll", subscription_id=PLACEHOLDER, max_messages=1000, wait_ms=1000,
+                        linger_ms=linger_ms or None)
+    unsubscribe = wire.request("unsubscribe", subscription_id=PLACEHOLDER)
+    total = int(rate * (warmup + seconds + 0.3)) if rate else 0  # on past the window's end
+    stamp_place = PLACEHOLDER.encode()
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), "127.0.0.1", str(port), str(subscribers), repr(warmup), repr(seconds), str(total),
+        subscribe.hex(), poll.hex(), str(poll.index(stamp_place)), unsubscribe.hex(),
+        str(unsubscribe.index(stamp_place)), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    publishing: asyncio.Task[dict[str, Any]] | None = None
+    try:
+        ready = await asyncio.wait_for(proc.stdout.readline(), timeout=120)
+        if ready.strip() != b"ready":
+            raise RuntimeError(f"fanout.c did not subscribe: {(await proc.stderr.read()).decode()[-2000:]}")
+        publishing = asyncio.create_task(
+            _publish_c(loadgen.compiled("openloop") or binary, port, room, rate, total) if rate
+            else _publish_closed(port, room, proc))
+        await asyncio.sleep(0.1 + warmup)
+        server_cpu, own_cpu = _cpu_of(server_pid), own_cpu_seconds()
+        await asyncio.sleep(seconds)
+        server_cpu, own_cpu = _cpu_of(server_pid) - server_cpu, own_cpu_seconds() - own_cpu
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=warmup + seconds + 60)
+        sent = await publishing
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if publishing is not None and not publishing.done():
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
+    got = loadgen.figures_of(proc.returncode, out, err)
+    took = got.pop("seconds")
+    # Open loop, each subscriber saw every message acknowledged, or reported it missed; what neither is lost.
+    lost = max(0, int(sent["replies"]) * subscribers - int(got.pop("delivered_all")) - int(got.pop("missed_all"))) \
+        if rate else 0
+    errors = int(sent["errors"]) + lost
+    return {"subscribers": subscribers, "rate": rate, "linger_ms": linger_ms,
+            "deliveries_per_s": got["delivered"] / took,
+            "publishes_per_s": got["delivered"] / subscribers / took, "published": sent["replies"],
+            "delivered": got["delivered"], "missed": got["missed"], "lost": lost, "errors": errors,
+            "batches": got["batches"], **{k: got[k] for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms")},
+            "load_cpu_share": (got["load_cpu_s"] + own_cpu + (sent["load_cpu_s"] * seconds / (total / rate) if rate
+                                                              else 0.0)) / took,
+            "server_cpu_share": server_cpu / took, "c_subscribers": 1.0}
+
+
+async def _publish_closed(port: int, room: str, subscribers: asyncio.subprocess.Process) -> dict[str, Any]:
+    """Publish as fast as the server answers, 8 calls in flight, until the subscribers' process ends."""
+    publisher = await Wire.open(port)
+    counts = {"replies": 0, "errors": 0}
+    try:
+        while subscribers.returncode is None:
+            publisher.writer.write(b"".join(publisher.request("sendMessage", message=Message(
+                sender="fanout", content=str(time.monotonic_ns()), room=room)) for _ in range(8)))
+            for _ in range(8):
+                try:
+                    Wire.result("sendMessage", await publisher.frame())
+                    counts["replies"] += 1
+                except RuntimeError:
+                    counts["errors"] += 1
+    finally:
+        publisher.writer.close()
+    return {**counts, "load_cpu_s": 0.0}  # its CPU is this process's, measured by the caller
 
 
 if __name__ == "__main__":
@@ -284,5 +373,6 @@ if __name__ == "__main__":
     else:
         rate = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
         server_pid = int(sys.argv[7]) if len(sys.argv) > 7 else 0
-        result = uvloop.run(fanout(int(port), int(amount), float(warmup), float(seconds), rate, server_pid))
+        linger_ms = int(sys.argv[8]) if len(sys.argv) > 8 else 0
+        result = uvloop.run(fanout(int(port), int(amount), float(warmup), float(seconds), rate, server_pid, linger_ms))
     print(json.dumps(result))
