@@ -19,8 +19,9 @@ Each is handled here rather than patched in thriftpy2:
   also tells where the call ends.
 - A negative length raises SystemError.
 A buffered call has no length of its own: when the bytes hold more than one call, the walk says where the
-first one ends. Whatever the fast decode does not take — a call not yet complete, one it refuses (a
-container, a call over the window), compact protocol — goes to the streaming decoder: thriftpy2's aio
+first one ends. Compact calls have a fast decoder of their own (compact.py). Whatever the fast decode
+does not take — a call not yet complete, one it refuses (a container, a call over the window) — goes to
+the streaming decoder: thriftpy2's aio
 protocol over the connection's bytes (`read_call`), which reads exactly one call, each length checked
 against the call's byte budget before anything is read, and with the zero-width skips refused (wire.py).
 """
@@ -36,7 +37,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType, TType
 from thriftpy2.transport.buffered.cybuffered import TCyBufferedTransport  # type: ignore[import-not-found]
 from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[import-not-found]
 
-from . import wire
+from . import compact, wire
 from .delivery import Delivery
 
 FAST_WINDOW = 16 * 1024
@@ -108,8 +109,14 @@ class Codec:
         read it (not all there, not alone, not for cybin, or not valid: it will say which). `whole`: `data`
         is a frame, within the call-size limit, and holds one call, so no window or probe applies."""
         size = len(data)
-        if not self._fast or (size > self._window and not whole):
+        if size > self._window and not whole:
             return None
+        if not self._fast:
+            decoded = compact.decode_call(data if type(data) is bytes else bytes(data), self._args)
+            if decoded is None or (whole and decoded[3] != size):
+                return None  # not all there, not for the fast decoder, or a frame with more than its call
+            api, seqid, args, used = decoded
+            return Call(api, seqid, args), used
         if len(data.translate(None, _CONTAINER_TYPES)) != size:
             end = call_length(data)
             if end is None or (whole and end != size):
@@ -231,11 +238,11 @@ class Codec:
 
     def void_reply(self, api: str, seqid: int) -> bytes:
         """The REPLY of a void method that succeeded: the same bytes every time but for the seqid, so they
-        are encoded once per method (binary; compact writes its seqid in a varying length)."""
+        are encoded once per method (binary), or spliced around it (compact writes it as a varint)."""
+        if self.protocol != "binary":
+            return self._reply_head(api, seqid) + b"\x00"  # the empty result struct
         parts = self._void.get(api)
         if parts is None:
-            if self.protocol != "binary":
-                return self.reply(api, seqid, getattr(self.service, api + "_result")())
             encoded = self.reply(api, 0, getattr(self.service, api + "_result")())
             parts = self._void[api] = (encoded[:-5], encoded[-1:])  # ... seqid (4 bytes), the struct's STOP
         return parts[0] + seqid.to_bytes(4, "big", signed=True) + parts[1]

@@ -9,7 +9,7 @@ from thriftpy2.protocol import TBinaryProtocol
 from thriftpy2.thrift import TMessageType, TType
 from thriftpy2.transport import TMemoryBuffer
 
-from async_chat.codec import Codec, call_length
+from async_chat.codec import Call, Codec, Frame, call_length
 from async_chat.contract import ChatService, Message
 from async_chat.delivery import Delivery, Entry
 
@@ -128,3 +128,76 @@ def test_a_batch_reply_is_byte_for_byte_what_thriftpy2_encodes(protocol: str, st
                 expected = codec.reply("poll", seqid, ChatService.poll_result(success=delivery.batch()))
                 assert codec.batch_reply("poll", seqid, delivery) == expected
                 assert codec.batch_reply("poll", seqid, delivery) == expected  # from the bytes kept on each entry
+
+
+def _compact_call(api: str, seqid: int, args: object) -> bytes:
+    from thriftpy2.protocol.compact import TCompactProtocol
+
+    buffer = TMemoryBuffer()
+    prot = TCompactProtocol(buffer)
+    prot.write_message_begin(api, TMessageType.CALL, seqid)  # type: ignore[no-untyped-call]
+    prot.write_struct(args)  # type: ignore[no-untyped-call]
+    return buffer.getvalue()  # type: ignore[no-any-return]
+
+
+def _streamed(codec: Codec, data: bytes) -> object:
+    """What the streaming decoder makes of `data` (a whole frame): the Call, or the exception it raises."""
+    reading = codec.read_call(Frame(data))
+    try:
+        reading.send(None)
+    except StopIteration as done:
+        return done.value
+    except Exception as exc:
+        return type(exc)
+    reading.close()
+    return "waited"
+
+
+def test_compact_calls_decode_in_one_go_exactly_as_the_streaming_decoder_reads_them() -> None:
+    """The compact fast decoder takes a call only when it reads it exactly as the streaming decoder
+    does: for valid calls of every method, and for thousands of corrupted ones (a byte changed, the end
+    cut off, bytes appended), it gives the same call and length, or leaves it to the streaming decoder."""
+    codec = Codec(ChatService, "compact")
+    rng = random.Random(11)
+    texts = ["", "a", "é—✓", "x" * 200, "\x00\x82"]
+    calls = []
+    for seqid in (0, 1, 127, 128, 2**31 - 1):
+        message = Message(sender=rng.choice(texts[1:]), content=rng.choice(texts), room=rng.choice([None, "r"]),
+                          seq=rng.choice([None, -5, 2**62]), client_msg_id=rng.choice([None, "id"]))
+        calls += [
+            ("sendMessage", seqid, ChatService.sendMessage_args(message=message)),
+            ("publish", seqid, ChatService.publish_args(message=message)),
+            ("poll", seqid, ChatService.poll_args(subscription_id="s" * 24, max_messages=-3, wait_ms=2**31 - 1,
+                                                  from_seq=2**40, linger_ms=20)),
+            ("subscribe", seqid, ChatService.subscribe_args(room=None, from_seq=0)),
+            ("history", seqid, ChatService.history_args(room="r", from_seq=1, limit=10)),
+            ("stats", seqid, ChatService.stats_args(max_rooms=5)),
+        ]
+    for api, seqid, args in calls:
+        data = _compact_call(api, seqid, args)
+        decoded = codec.decode(data, whole=True)
+        assert decoded is not None, api
+        assert (decoded[0].api, decoded[0].seqid, decoded[0].args, decoded[1]) == (api, seqid, args, len(data))
+        assert codec.decode(data + data) is not None  # buffered, two calls back to back: the first
+        assert codec.decode(data + data)[1] == len(data)  # type: ignore[index]
+        for _ in range(300):
+            corrupt = bytearray(data)
+            how = rng.randrange(3)
+            if how == 0:
+                corrupt[rng.randrange(len(corrupt))] = rng.randrange(256)
+            elif how == 1:
+                del corrupt[rng.randrange(1, len(corrupt)):]
+            else:
+                corrupt += bytes(rng.randrange(256) for _ in range(rng.randrange(1, 4)))
+            fast = codec.decode(bytes(corrupt), whole=True)
+            if fast is not None:
+                slow = _streamed(codec, bytes(corrupt))
+                assert isinstance(slow, Call), (bytes(corrupt).hex(), slow)
+                assert (fast[0].api, fast[0].seqid, fast[0].args) == (slow.api, slow.seqid, slow.args)
+
+
+def test_a_compact_void_reply_is_what_thriftpy2_encodes() -> None:
+    codec = Codec(ChatService, "compact")
+    for seqid in (0, 1, 127, 128, 300, 2**31 - 1):
+        expected = codec.reply("sendMessage", seqid, ChatService.sendMessage_result())
+        assert codec.void_reply("sendMessage", seqid) == expected
