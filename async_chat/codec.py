@@ -92,6 +92,8 @@ class Codec:
         self._fast = protocol == "binary"
         self._void: dict[str, tuple[bytes, bytes]] = {}
         self._heads: dict[str, bytes] = {}
+        self._last_batch: tuple[Any, Any, bytes] = ((), None, b"")
+        """The last poll reply's body, with what it was made of (`batch_reply`)."""
         self._source = _Bytes()
         self._in_prot = TCyBinaryProtocol(TCyBufferedTransport(self._source), strict_read=False)
         self._out = TCyMemoryBuffer()
@@ -251,9 +253,22 @@ class Codec:
         """The REPLY of a poll: what encoding `delivery.batch()` would give, made of each message's bytes as
         first encoded for any subscriber (kept on its entry) between a header and a trailer."""
         entries, count = delivery.entries, len(delivery.entries)
+        # The subscribers a pass answers mostly get the same messages and figures: the same body.
+        key = (entries[0] if entries else None, count, delivery.next_seq, delivery.missed, delivery.renumbered)
+        if key == self._last_batch[0] and (not entries or entries[-1] is self._last_batch[1]):
+            body = self._last_batch[2]
+        else:
+            body = self._batch_body(delivery)
+            self._last_batch = (key, entries[-1] if entries else None, body)
+        if self.protocol == "binary":
+            return self._reply_head(api) + seqid.to_bytes(4, "big", signed=True) + body
+        return self._reply_head(api, seqid) + body
+
+    def _batch_body(self, delivery: Delivery) -> bytes:
+        """A poll reply past its header."""
+        entries, count = delivery.entries, len(delivery.entries)
         parts: list[bytes] = []
         if self.protocol == "binary":
-            parts.append(self._reply_head(api) + seqid.to_bytes(4, "big", signed=True))
             parts.append(b"\x0c\x00\x00\x0f\x00\x01\x0c" + count.to_bytes(4, "big"))  # success: Batch, messages
             for entry in entries:
                 data = entry.binary
@@ -266,7 +281,6 @@ class Codec:
                 + (b"\x02\x00\x04\x01\x00\x00" if delivery.renumbered else b"\x02\x00\x04\x00\x00\x00")
             )
         else:
-            parts.append(self._reply_head(api, seqid))
             # success (field 0: a long field header), messages (field 1), a list of structs
             parts.append(b"\x0c\x00\x19" + (bytes((count << 4 | 0x0C,)) if count <= 14 else b"\xfc" + _varint(count)))
             for entry in entries:

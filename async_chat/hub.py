@@ -339,7 +339,8 @@ class Hub:
 
     def _time(self, parked: _ParkedPoll, until: float) -> None:
         """End `parked`'s wait at the first tick at or after `until` (and no longer at the one it had)."""
-        self._untime(parked)
+        if parked.tick:
+            self._untime(parked)
         parked.tick = tick = math.ceil(until / TICK)
         waiting = self._expiries.get(tick)
         if waiting is None:
@@ -464,6 +465,8 @@ class Hub:
     def _take(self, sub: _Subscriber, max_messages: int, out: list[Entry], room_left: int) -> list[Entry]:
         """`_collect` from the queue: what follows the cursor there, onto `out`, within `room_left` bytes."""
         queue = sub.queue
+        if not queue:
+            return out  # what most polls find: they park
         to_wire = wire_size(0, sub.room)  # what a message's wire size is beside its memory size
         while queue and len(out) < max_messages:
             entry = queue[0]
@@ -660,7 +663,7 @@ class _ParkedPoll(Parked):
     def __init__(
         self, hub: Hub, sub: _Subscriber, max_messages: int, from_seq: int, start: int, linger: float
     ) -> None:
-        super().__init__()
+        self.encode = self.deliver = None  # Parked's, set here rather than by a call up: one per poll
         self._hub = hub
         self.sub = sub
         self.max_messages = max_messages
