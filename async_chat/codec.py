@@ -267,27 +267,28 @@ class Codec:
     def _batch_body(self, delivery: Delivery) -> bytes:
         """A poll reply past its header."""
         entries, count = delivery.entries, len(delivery.entries)
+        binary = self.protocol == "binary"
         parts: list[bytes] = []
-        if self.protocol == "binary":
+        if binary:
             parts.append(b"\x0c\x00\x00\x0f\x00\x01\x0c" + count.to_bytes(4, "big"))  # success: Batch, messages
-            for entry in entries:
-                data = entry.binary
-                if data is None:
-                    data = entry.binary = self._struct(entry.message)
-                parts.append(data)
+        else:  # success (field 0: a long field header), messages (field 1), a list of structs
+            parts.append(b"\x0c\x00\x19" + (bytes((count << 4 | 0x0C,)) if count <= 14 else b"\xfc" + _varint(count)))
+        for entry in entries:
+            data = entry.binary if binary else entry.compact
+            if data is None:
+                data = self._struct(entry.message)
+                if binary:
+                    entry.binary = data
+                else:
+                    entry.compact = data
+            parts.append(data)
+        if binary:
             parts.append(
                 b"\x0a\x00\x02" + delivery.next_seq.to_bytes(8, "big", signed=True)
                 + b"\x0a\x00\x03" + delivery.missed.to_bytes(8, "big", signed=True)
                 + (b"\x02\x00\x04\x01\x00\x00" if delivery.renumbered else b"\x02\x00\x04\x00\x00\x00")
             )
         else:
-            # success (field 0: a long field header), messages (field 1), a list of structs
-            parts.append(b"\x0c\x00\x19" + (bytes((count << 4 | 0x0C,)) if count <= 14 else b"\xfc" + _varint(count)))
-            for entry in entries:
-                data = entry.compact
-                if data is None:
-                    data = entry.compact = self._struct(entry.message)
-                parts.append(data)
             parts.append(
                 b"\x16" + _varint(_zigzag(delivery.next_seq)) + b"\x16" + _varint(_zigzag(delivery.missed))
                 + (b"\x11\x00\x00" if delivery.renumbered else b"\x12\x00\x00")

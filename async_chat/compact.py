@@ -14,7 +14,7 @@ at least one byte of a bounded buffer, so no claim in the bytes can make it allo
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from thriftpy2.thrift import TType
 
@@ -138,17 +138,14 @@ def _skip(data: bytes, pos: int, kind: int, depth: int) -> int:
     if kind == 7:
         return pos + 8
     if kind == 12:
-        if depth >= _MAX_DEPTH:
-            raise _Unreadable
-        while True:
-            header = data[pos]
-            pos += 1
-            if header == 0:
-                return pos
-            inner = header & 0x0F
-            if not header >> 4:
-                pos = _varint(data, pos)[1]  # a field id that is no delta
-            if inner not in _TTYPE_OF and inner != 7:
-                raise _Unreadable
-            pos = _skip(data, pos, inner, depth + 1)
+        return _struct(data, pos, _NOTHING, depth + 1)  # a struct of no known field: every one skipped
     raise _Unreadable
+
+
+class _Nothing:
+    """A struct with no fields: what `_struct` reads an unknown struct into, skipping all it holds."""
+
+    thrift_spec: ClassVar[dict[int, Any]] = {}
+
+
+_NOTHING = _Nothing()

@@ -302,18 +302,14 @@ class Hub:
         history, or another poll on the subscription): the caller awaits `poll_later` then.
 
         `linger` > 0: once a message is waiting, wait up to that much longer for more (chat.thrift, poll)."""
-        sub = self._subs.get(sub_id)
-        if sub is None:
-            raise NoSuchSubscription(f"no subscription {sub_id!r} (never issued, unsubscribed or expired)")
+        sub = self._subscription(sub_id)
         if sub.busy or sub.cursor < sub.live_start or (
             0 < from_seq < sub.cursor and (sub.last is None or sub.last_start > from_seq)
         ):
             return None
-        sub.last_active = self._clock()
-        if from_seq:
-            again = self._rewind(sub, from_seq)
-            if again is not None:
-                return again
+        again = self._begin(sub, from_seq)
+        if again is not None:
+            return again
         start = sub.cursor
         waits = wait > 0 and self.state is HubState.RUNNING
         if linger > 0 and waits and sub.queue and not self._full(sub, max_messages):
@@ -366,16 +362,12 @@ class Hub:
 
     async def poll_later(self, sub_id: str, max_messages: int, wait: float, from_seq: int = 0) -> Delivery:
         """`poll`, answered as a `Delivery`: the path that may await the broker and its turn."""
-        sub = self._subs.get(sub_id)
-        if sub is None:
-            raise NoSuchSubscription(f"no subscription {sub_id!r} (never issued, unsubscribed or expired)")
+        sub = self._subscription(sub_id)
         await self._acquire(sub)
         try:
-            sub.last_active = self._clock()
-            if from_seq:
-                again = self._rewind(sub, from_seq)
-                if again is not None:
-                    return again
+            again = self._begin(sub, from_seq)
+            if again is not None:
+                return again
             start = sub.cursor
             entries = await self._collect(sub, max_messages)
             if not entries and sub.cursor == start and wait > 0 and self.state is HubState.RUNNING \
@@ -396,6 +388,17 @@ class Hub:
         finally:
             sub.last_active = self._clock()
             self._release(sub)
+
+    def _subscription(self, sub_id: str) -> _Subscriber:
+        sub = self._subs.get(sub_id)
+        if sub is None:
+            raise NoSuchSubscription(f"no subscription {sub_id!r} (never issued, unsubscribed or expired)")
+        return sub
+
+    def _begin(self, sub: _Subscriber, from_seq: int) -> Delivery | None:
+        """A poll starts: the last batch again if the client says its reply was lost (`_rewind`)."""
+        sub.last_active = self._clock()
+        return self._rewind(sub, from_seq) if from_seq else None
 
     def _served(self, sub: _Subscriber, entries: list[Entry], start: int, from_seq: int) -> Delivery:
         """The answer to a poll that started at `start`; kept for a re-send if the poll said where it was
