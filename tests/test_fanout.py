@@ -15,6 +15,7 @@ from thriftpy2.transport import TTransportException
 
 from async_chat import ChatClient, InvalidRequest, Message
 from async_chat.brokers.memory import MemoryBroker
+from async_chat.codec import Codec
 from async_chat.contract import ChatService
 from async_chat.delivery import Delivery, Parked
 from async_chat.hub import Hub, HubLimits
@@ -145,3 +146,74 @@ def test_the_poll_contract_keeps_its_classic_arguments() -> None:
     contract sends the same bytes, and the server answers it as before."""
     spec = ChatService.poll_args.thrift_spec
     assert [spec[i][1] for i in sorted(spec)] == ["subscription_id", "max_messages", "wait_ms", "from_seq", "linger_ms"]
+
+
+async def _frame(reader: asyncio.StreamReader) -> bytes:
+    size = int.from_bytes(await reader.readexactly(4), "big")
+    return await reader.readexactly(size)
+
+
+async def test_a_call_pipelined_behind_a_parked_poll_is_answered_after_it(server: ChatServer) -> None:
+    """Calls on a connection are answered in order: a call sent right behind a poll that parks waits for
+    the poll's answer, then is answered itself (and sees what the poll got)."""
+    hub = server.hub
+    assert hub is not None
+    codec = Codec(ChatService, "binary")
+    async with ChatClient(LOOPBACK, server.port) as client:
+        sub = await client.create_subscription("line")
+        reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+        try:
+            calls = [
+                codec.request("poll", 1, ChatService.poll_args(subscription_id=sub.subscription_id, max_messages=10,
+                                                               wait_ms=20_000, from_seq=sub.next_seq)),
+                codec.request("history", 2, ChatService.history_args(room="line", from_seq=1, limit=10)),
+            ]
+            writer.write(b"".join(len(c).to_bytes(4, "big") + c for c in calls))
+            await wait_until(lambda: hub.polls_waiting == 1)
+            seq = await client.publish(Message(sender="p", content="first", room="line"))
+            first, second = [codec.reply_from(await asyncio.wait_for(_frame(reader), 10)) for _ in calls]
+        finally:
+            writer.close()
+    assert first.seqid == 1
+    assert [m.seq for m in first.body.success.messages] == [seq]
+    assert second.seqid == 2
+    assert [m.seq for m in second.body.success] == [seq]
+
+
+async def test_two_polls_on_one_subscription_from_two_connections_take_turns(server: ChatServer) -> None:
+    """A second poll on a subscription whose poll is parked waits its turn (polls on one subscription are
+    served one at a time), then gets the next message: none is given to both, none to neither."""
+    hub = server.hub
+    assert hub is not None
+    async with (
+        ChatClient(LOOPBACK, server.port) as client,
+        raw_connection(server.port) as a,
+        raw_connection(server.port) as b,
+    ):
+        sub = await client.create_subscription("turns")
+        first = asyncio.ensure_future(a.client.poll(sub.subscription_id, 1, 20_000))
+        await wait_until(lambda: hub.polls_waiting == 1)
+        second = asyncio.ensure_future(b.client.poll(sub.subscription_id, 1, 20_000))
+        one = await client.publish(Message(sender="p", content="1", room="turns"))
+        got_first = await asyncio.wait_for(first, 10)
+        await wait_until(lambda: hub.polls_waiting == 1)  # the second, now waiting for a message
+        two = await client.publish(Message(sender="p", content="2", room="turns"))
+        got_second = await asyncio.wait_for(second, 10)
+    assert [m.seq for m in got_first.messages] == [one]
+    assert [m.seq for m in got_second.messages] == [two]
+    assert got_second.missed == 0
+
+
+async def test_unsubscribing_answers_the_parked_poll_at_once(server: ChatServer) -> None:
+    """A subscription ended from another connection while its poll waits: the poll is answered (empty),
+    not left to its wait, and nothing stays counted as waiting."""
+    hub = server.hub
+    assert hub is not None
+    async with ChatClient(LOOPBACK, server.port) as client, raw_connection(server.port) as waiting:
+        sub = await client.create_subscription("gone")
+        poll = asyncio.ensure_future(waiting.client.poll(sub.subscription_id, 10, 60_000, sub.next_seq))
+        await wait_until(lambda: hub.polls_waiting == 1)
+        await client.unsubscribe(sub.subscription_id)
+        batch = await asyncio.wait_for(poll, 10)  # far less than the minute it asked to wait
+    assert batch.messages == []
+    assert hub.polls_waiting == 0
