@@ -453,6 +453,8 @@ class RedisBroker(Broker):
             if time.monotonic() - self._refreshed > self._room_ttl_ms / 4000:
                 await self._refresh(conn)
             streams: dict[Any, Any] = {_log_key(room): f"{last}-0" for room, last in self._watched.items()}
+            if not streams:
+                continue  # the last room was unwatched while its keys' TTL was refreshed: an XREAD of none fails
             self._reader_blocked = True
             try:
                 reply: Any = await conn.xread(streams, count=1000, block=READ_BLOCK_MS)
