@@ -92,7 +92,7 @@ class Codec:
         self._fast = protocol == "binary"
         self._void: dict[str, tuple[bytes, bytes]] = {}
         self._heads: dict[str, bytes] = {}
-        self._last_batch: tuple[Any, Any, bytes] = ((), None, b"")
+        self._last_batch: tuple[tuple[Any, ...], bytes] = ((), b"")
         """The last poll reply's body, with what it was made of (`batch_reply`)."""
         self._source = _Bytes()
         self._in_prot = TCyBinaryProtocol(TCyBufferedTransport(self._source), strict_read=False)
@@ -252,14 +252,16 @@ class Codec:
     def batch_reply(self, api: str, seqid: int, delivery: Delivery) -> bytes:
         """The REPLY of a poll: what encoding `delivery.batch()` would give, made of each message's bytes as
         first encoded for any subscriber (kept on its entry) between a header and a trailer."""
-        entries, count = delivery.entries, len(delivery.entries)
-        # The subscribers a pass answers mostly get the same messages and figures: the same body.
-        key = (entries[0] if entries else None, count, delivery.next_seq, delivery.missed, delivery.renumbered)
-        if key == self._last_batch[0] and (not entries or entries[-1] is self._last_batch[1]):
-            body = self._last_batch[2]
+        entries = delivery.entries
+        # The subscribers a pass answers mostly get the same messages and figures: the same body. Entries
+        # compare by identity, and a batch is a run of seqs: the same first and last, the same batch.
+        key = (entries[0] if entries else None, entries[-1] if entries else None, len(entries), delivery.next_seq,
+               delivery.missed, delivery.renumbered)
+        if key == self._last_batch[0]:
+            body = self._last_batch[1]
         else:
             body = self._batch_body(delivery)
-            self._last_batch = (key, entries[-1] if entries else None, body)
+            self._last_batch = (key, body)
         if self.protocol == "binary":
             return self._reply_head(api) + seqid.to_bytes(4, "big", signed=True) + body
         return self._reply_head(api, seqid) + body
@@ -297,29 +299,22 @@ class Codec:
 
     def _reply_head(self, api: str, seqid: int = 0) -> bytes:
         """A REPLY's header up to its seqid (binary), or whole (compact, whose seqid comes before the name)."""
-        if self.protocol != "binary":
-            name = api.encode("utf-8")
-            return b"\x82\x41" + _varint(seqid & 0xFFFFFFFF) + _varint(len(name)) + name
         head = self._heads.get(api)
         if head is None:
             name = api.encode("utf-8")
-            size = len(name).to_bytes(4, "big")
-            head = self._heads[api] = b"\x80\x01\x00\x02" + size + name if self.strict else size + name + b"\x02"
+            if self.protocol != "binary":
+                head = _varint(len(name)) + name  # the name, after the seqid
+            else:
+                size = len(name).to_bytes(4, "big")
+                head = b"\x80\x01\x00\x02" + size + name if self.strict else size + name + b"\x02"
+            self._heads[api] = head
+        if self.protocol != "binary":
+            return b"\x82\x41" + _varint(seqid & 0xFFFFFFFF) + head
         return head
 
     def _struct(self, value: Any) -> bytes:
         """One struct's bytes, alone."""
-        out = self._out
-        try:
-            self._out_prot.write_struct(value)
-            data: bytes = out.getvalue()
-        except BaseException:
-            if self.protocol != "binary":
-                self._out_prot = TCompactProtocol(out)
-            raise
-        finally:
-            out.clean()
-        return data
+        return self._encode(None, 0, 0, value)
 
     def request(self, api: str, seqid: int, args: Any) -> bytes:
         """A CALL message carrying `args` (the method's `_args` struct): what a client sends."""
@@ -329,10 +324,12 @@ class Codec:
         """An EXCEPTION message: what Thrift clients raise as TApplicationException."""
         return self._encode(api, TMessageType.EXCEPTION, seqid, error)
 
-    def _encode(self, api: str, kind: int, seqid: int, body: Any) -> bytes:
+    def _encode(self, api: str | None, kind: int, seqid: int, body: Any) -> bytes:
+        """A message carrying `body`; `body`'s bytes alone when `api` is None."""
         out, prot = self._out, self._out_prot
         try:
-            prot.write_message_begin(api, kind, seqid)
+            if api is not None:
+                prot.write_message_begin(api, kind, seqid)
             prot.write_struct(body)
             data: bytes = out.getvalue()
         except BaseException:

@@ -419,11 +419,7 @@ class Connection(asyncio.Protocol):
         if self._server.eager:
             reply, task = start_eagerly(answering, self._context)
             if task is None:
-                if isinstance(reply, Parked):
-                    self._park(reply)
-                    return False
-                self._replied(reply)
-                return True
+                return self._finished(reply)
         else:
             task = asyncio.get_running_loop().create_task(answering, context=self._context)
         self._task = task
@@ -442,26 +438,26 @@ class Connection(asyncio.Protocol):
         if exc is not None:
             self._fail(exc)
             return
-        reply = task.result()
-        if isinstance(reply, Parked):
-            self._park(reply)
-            return
-        self._replied(reply)
-        self._advance()
+        if self._finished(task.result()):
+            self._advance()
 
-    def _park(self, parked: Parked) -> None:
+    def _finished(self, reply: bytes | Parked | None) -> bool:
+        """A call's outcome: its reply written (True), or a parked poll whose reply comes later (False)."""
+        if not isinstance(reply, Parked):
+            self._replied(reply)
+            return True
         if self._closing:
-            parked.cancel()
-            return
-        self._parked = parked
-        parked.deliver = self._answered
+            reply.cancel()
+        else:
+            self._parked = reply
+            reply.deliver = self._answered
+        return False
 
     def _answered(self, reply: bytes) -> None:
         """A parked poll's reply (the hub's pass, or its wait's end)."""
         self._parked = None
         self._replied(reply)
-        if self._task is None:
-            self._advance()
+        self._advance()
 
     def _replied(self, reply: bytes | None) -> None:
         self.calls += 1

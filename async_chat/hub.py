@@ -313,21 +313,20 @@ class Hub:
         start = sub.cursor
         waits = wait > 0 and self.state is HubState.RUNNING
         if linger > 0 and waits and sub.queue and not self._full(sub, max_messages):
+            now = self._loop.time()
             due = sub.queue[0].at + linger  # the oldest waiting message waits at most `linger` more
-            if due > self._loop.time():
-                return self._park(sub, max_messages, from_seq, start, due, linger, lingering=True)
+            if due > now:
+                return self._park(_ParkedPoll(self, sub, max_messages, from_seq, start, linger, now, True), due)
         entries = self._take(sub, max_messages, [], self.limits.max_reply_bytes)
         if entries or sub.cursor != start or not waits:
             return self._served(sub, entries, start, from_seq)
-        return self._park(sub, max_messages, from_seq, start, self._loop.time() + wait, linger, lingering=False)
+        now = self._loop.time()
+        return self._park(_ParkedPoll(self, sub, max_messages, from_seq, start, linger, now, False), now + wait)
 
-    def _park(
-        self, sub: _Subscriber, max_messages: int, from_seq: int, start: int, until: float, linger: float,
-        lingering: bool,
-    ) -> _ParkedPoll:
-        parked = sub.parked = _ParkedPoll(self, sub, max_messages, from_seq, start, linger)
-        parked.lingering = lingering
-        parked.since = self._loop.time()
+    def _park(self, parked: _ParkedPoll, until: float) -> _ParkedPoll:
+        """Hold the subscription's turn for `parked` until a message, `until`, or an end answers it."""
+        sub = parked.sub
+        sub.parked = parked
         sub.busy = True
         self.polls_waiting += 1
         self._time(parked, until)
@@ -386,7 +385,6 @@ class Hub:
                 entries = await self._collect(sub, max_messages)
             return self._served(sub, entries, start, from_seq)
         finally:
-            sub.last_active = self._clock()
             self._release(sub)
 
     def _subscription(self, sub_id: str) -> _Subscriber:
@@ -403,7 +401,6 @@ class Hub:
     def _served(self, sub: _Subscriber, entries: list[Entry], start: int, from_seq: int) -> Delivery:
         """The answer to a poll that started at `start`; kept for a re-send if the poll said where it was
         (and the batch is small enough: else history serves a lost one)."""
-        sub.last_active = self._clock()
         if from_seq:
             small = sum(e.size for e in entries) <= self.limits.queue_bytes
             sub.last, sub.last_start = (entries if small else None), start
@@ -510,7 +507,9 @@ class Hub:
             raise
 
     def _release(self, sub: _Subscriber) -> None:
-        """End a poll's turn: the next waiting poll's, if any."""
+        """End a poll's turn (the subscription was used now: its TTL starts again): the next waiting poll's,
+        if any."""
+        sub.last_active = self._clock()
         turns = sub.turns
         while turns:
             turn = turns.popleft()
@@ -578,8 +577,22 @@ class Hub:
             self._slow.add(task)
             task.add_done_callback(self._slow.discard)
             return
+        self._finish(sub, parked, self._take(sub, parked.max_messages, [], self.limits.max_reply_bytes))
+
+    async def _answer_from_history(self, sub: _Subscriber, parked: _ParkedPoll) -> None:
         try:
+            entries = await self._collect(sub, parked.max_messages)
+        except Exception:  # _collect answers a broker that is away itself: this is a bug, not an outage
+            logger.exception("reading history for a poll failed; answering it with what its queue holds")
             entries = self._take(sub, parked.max_messages, [], self.limits.max_reply_bytes)
+        except BaseException:
+            self._release(sub)  # cancelled (the hub closes): nobody is answered, the turn still ends
+            raise
+        self._finish(sub, parked, entries)
+
+    def _finish(self, sub: _Subscriber, parked: _ParkedPoll, entries: list[Entry]) -> None:
+        """Answer a parked poll with `entries`, and end its turn."""
+        try:
             delivery = self._served(sub, entries, parked.start, parked.from_seq)
         finally:
             self._release(sub)
@@ -587,18 +600,6 @@ class Hub:
             parked.finish(delivery)
         except Exception:  # one connection's failure must not leave the rest of the pass unanswered
             logger.exception("answering a poll failed")
-
-    async def _answer_from_history(self, sub: _Subscriber, parked: _ParkedPoll) -> None:
-        try:
-            try:
-                entries = await self._collect(sub, parked.max_messages)
-            except Exception:  # _collect answers a broker that is away itself: this is a bug, not an outage
-                logger.exception("reading history for a poll failed; answering it with what its queue holds")
-                entries = self._take(sub, parked.max_messages, [], self.limits.max_reply_bytes)
-            delivery = self._served(sub, entries, parked.start, parked.from_seq)
-        finally:
-            self._release(sub)
-        parked.finish(delivery)
 
     # -- history ----------------------------------------------------------------------------------
 
@@ -664,7 +665,8 @@ class _ParkedPoll(Parked):
     __slots__ = ("_hub", "from_seq", "linger", "lingering", "max_messages", "since", "start", "sub", "tick", "woken")
 
     def __init__(
-        self, hub: Hub, sub: _Subscriber, max_messages: int, from_seq: int, start: int, linger: float
+        self, hub: Hub, sub: _Subscriber, max_messages: int, from_seq: int, start: int, linger: float,
+        since: float, lingering: bool,
     ) -> None:
         self.encode = self.deliver = None  # Parked's, set here rather than by a call up: one per poll
         self._hub = hub
@@ -673,10 +675,10 @@ class _ParkedPoll(Parked):
         self.from_seq = from_seq
         self.start = start
         self.linger = linger
-        self.lingering = False
-        """A message is waiting: the wait ends `linger` after `since`, or after the oldest message came."""
-        self.since = 0.0
+        self.since = since
         """When the poll came (the loop's clock)."""
+        self.lingering = lingering
+        """A message is waiting: the wait ends `linger` after `since`, or after the oldest message came."""
         self.tick = 0
         """The tick its wait ends on (Hub._expiries)."""
         self.woken = False

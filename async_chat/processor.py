@@ -91,7 +91,7 @@ class ChatProcessor:
                 elif method.void:
                     reply = codec.void_reply(api, seqid)
                 elif type(value) is Delivery:
-                    reply = self._encode_batch(codec, api, seqid, value)
+                    reply = self._encode(codec, api, seqid, value)
                 elif isinstance(value, Parked):  # a poll that waits with no task: answered by callback
                     value.encode = partial(self._answer_parked, codec, api, seqid, started)
                     return value
@@ -102,19 +102,16 @@ class ChatProcessor:
         return reply
 
     def _answer_parked(self, codec: Codec, api: str, seqid: int, started: float, delivery: Delivery) -> bytes:
-        reply = self._encode_batch(codec, api, seqid, delivery)
+        reply = self._encode(codec, api, seqid, delivery)
         if self.metrics is not None:
             self.metrics.observe(api, "ok", time.perf_counter() - started)
         return reply
 
-    def _encode_batch(self, codec: Codec, api: str, seqid: int, delivery: Delivery) -> bytes:
-        try:
-            return codec.batch_reply(api, seqid, delivery)
-        except Exception:
-            return self._internal_error(api, seqid, codec)
-
     def _encode(self, codec: Codec, api: str, seqid: int, result: Any) -> bytes:
+        """The REPLY carrying `result`: the method's `_result` struct, or a poll's `Delivery`."""
         try:
+            if type(result) is Delivery:
+                return codec.batch_reply(api, seqid, result)
             return codec.reply(api, seqid, result)
         except Exception:  # the handler returned what the IDL cannot carry
             return self._internal_error(api, seqid, codec)

@@ -29,6 +29,18 @@ from async_chat.contract import ChatService, Message
 from . import loadgen, peers
 from .harness import allow_open_files, own_cpu_seconds, percentile
 
+_OUT = TCyMemoryBuffer()
+_PROT = TCyBinaryProtocol(_OUT)
+
+
+def framed_call(api: str, seqid: int, **kwargs: Any) -> bytes:
+    """One framed, strict binary call of `api` with `kwargs` as its arguments."""
+    _PROT.write_message_begin(api, TMessageType.CALL, seqid)
+    _PROT.write_struct(getattr(ChatService, api + "_args")(**kwargs))
+    body: bytes = _OUT.getvalue()
+    _OUT.clean()
+    return len(body).to_bytes(4, "big") + body
+
 
 class Wire:
     """One framed, strict binary connection; calls may be pipelined, replies come back in order."""
@@ -36,8 +48,6 @@ class Wire:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.seqid = 0
-        self._out = TCyMemoryBuffer()
-        self._prot = TCyBinaryProtocol(self._out)
 
     @classmethod
     async def open(cls, port: int) -> Wire:
@@ -46,11 +56,7 @@ class Wire:
 
     def request(self, api: str, **kwargs: Any) -> bytes:
         self.seqid += 1
-        self._prot.write_message_begin(api, TMessageType.CALL, self.seqid)
-        self._prot.write_struct(getattr(ChatService, api + "_args")(**kwargs))
-        body: bytes = self._out.getvalue()
-        self._out.clean()
-        return len(body).to_bytes(4, "big") + body
+        return framed_call(api, self.seqid, **kwargs)
 
     async def frame(self) -> bytes:
         size = int.from_bytes(await self.reader.readexactly(4), "big")
@@ -238,12 +244,11 @@ async def fanout(
         while running:
             await count_reply()
 
-    async def publish(window: int = 8) -> None:
+    async def publish() -> None:
         while running:
-            publisher.writer.write(b"".join(publisher.request("sendMessage", message=Message(
-                sender="fanout", content=str(time.monotonic_ns()), room=room)) for _ in range(window)))
-            for _ in range(window):
-                await count_reply()
+            acknowledged, refused = await _publish_burst(publisher, room)
+            counts["published"] += acknowledged if measuring else 0
+            counts["errors"] += refused
 
     async def receive(wire: Wire, sub_id: str, sample: bool) -> None:
         while running:
@@ -297,11 +302,10 @@ async def _fanout_c(
     missed), so that a message neither is counted as lost."""
     room = f"fanout-{os.getpid()}"
     allow_open_files(subscribers)
-    wire = Wire(None, None)  # type: ignore[arg-type]  # encodes the calls only
-    subscribe = wire.request("subscribe", room=room, from_seq=0)
-    poll = wire.request("poll", subscription_id=PLACEHOLDER, max_messages=1000, wait_ms=1000,
-                        linger_ms=linger_ms or None)
-    unsubscribe = wire.request("unsubscribe", subscription_id=PLACEHOLDER)
+    subscribe = framed_call("subscribe", 1, room=room, from_seq=0)
+    poll = framed_call("poll", 2, subscription_id=PLACEHOLDER, max_messages=1000, wait_ms=1000,
+                       linger_ms=linger_ms or None)
+    unsubscribe = framed_call("unsubscribe", 3, subscription_id=PLACEHOLDER)
     total = int(rate * (warmup + seconds + 0.3)) if rate else 0  # on past the window's end
     stamp_place = PLACEHOLDER.encode()
     proc = await asyncio.create_subprocess_exec(
@@ -353,17 +357,26 @@ async def _publish_closed(port: int, room: str, subscribers: asyncio.subprocess.
     counts = {"replies": 0, "errors": 0}
     try:
         while subscribers.returncode is None:
-            publisher.writer.write(b"".join(publisher.request("sendMessage", message=Message(
-                sender="fanout", content=str(time.monotonic_ns()), room=room)) for _ in range(8)))
-            for _ in range(8):
-                try:
-                    Wire.result("sendMessage", await publisher.frame())
-                    counts["replies"] += 1
-                except RuntimeError:
-                    counts["errors"] += 1
+            acknowledged, refused = await _publish_burst(publisher, room)
+            counts["replies"] += acknowledged
+            counts["errors"] += refused
     finally:
         publisher.writer.close()
     return {**counts, "load_cpu_s": 0.0}  # its CPU is this process's, measured by the caller
+
+
+async def _publish_burst(publisher: Wire, room: str, window: int = 8) -> tuple[int, int]:
+    """`window` publishes in flight at once, each stamped with its send time; (acknowledged, refused)."""
+    publisher.writer.write(b"".join(publisher.request("sendMessage", message=Message(
+        sender="fanout", content=str(time.monotonic_ns()), room=room)) for _ in range(window)))
+    acknowledged = 0
+    for _ in range(window):
+        try:
+            Wire.result("sendMessage", await publisher.frame())
+            acknowledged += 1
+        except RuntimeError:
+            pass
+    return acknowledged, window - acknowledged
 
 
 if __name__ == "__main__":
