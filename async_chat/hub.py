@@ -42,7 +42,9 @@ from .tasks import cancel_and_wait, every, housekeeping_interval
 logger = logging.getLogger(__name__)
 
 TICK = 0.005
-"""Parked polls' waits end on ticks of this many seconds (never early): one timer per tick, not per poll."""
+"""Parked polls' waits end on ticks of this many seconds, one timer per tick, not per poll: a wait for a
+message at the first tick at or after its end (never early), a linger at the last at or before it (so that
+a message waits at most `linger_ms`, as chat.thrift says)."""
 
 
 class HubState(enum.Enum):
@@ -314,29 +316,30 @@ class Hub:
         waits = wait > 0 and self.state is HubState.RUNNING
         if linger > 0 and waits and sub.queue and not self._full(sub, max_messages):
             now = self._loop.time()
-            due = sub.queue[0].at + linger  # the oldest waiting message waits at most `linger` more
-            if due > now:
-                return self._park(_ParkedPoll(self, sub, max_messages, from_seq, start, linger, now, True), due)
+            tick = math.floor((sub.queue[0].at + linger) / TICK)  # the oldest message waits at most `linger`
+            if tick * TICK > now:
+                return self._park(_ParkedPoll(self, sub, max_messages, from_seq, start, linger, now, True), tick)
         entries = self._take(sub, max_messages, [], self.limits.max_reply_bytes)
         if entries or sub.cursor != start or not waits:
             return self._served(sub, entries, start, from_seq)
         now = self._loop.time()
-        return self._park(_ParkedPoll(self, sub, max_messages, from_seq, start, linger, now, False), now + wait)
+        parked = _ParkedPoll(self, sub, max_messages, from_seq, start, linger, now, False)
+        return self._park(parked, math.ceil((now + wait) / TICK))
 
-    def _park(self, parked: _ParkedPoll, until: float) -> _ParkedPoll:
-        """Hold the subscription's turn for `parked` until a message, `until`, or an end answers it."""
+    def _park(self, parked: _ParkedPoll, tick: int) -> _ParkedPoll:
+        """Hold the subscription's turn for `parked` until a message, `tick`, or an end answers it."""
         sub = parked.sub
         sub.parked = parked
         sub.busy = True
         self.polls_waiting += 1
-        self._time(parked, until)
+        self._time(parked, tick)
         return parked
 
-    def _time(self, parked: _ParkedPoll, until: float) -> None:
-        """End `parked`'s wait at the first tick at or after `until` (and no longer at the one it had)."""
+    def _time(self, parked: _ParkedPoll, tick: int) -> None:
+        """End `parked`'s wait at `tick` (and no longer at the one it had): see TICK."""
         if parked.tick:
             self._untime(parked)
-        parked.tick = tick = math.ceil(until / TICK)
+        parked.tick = tick
         waiting = self._expiries.get(tick)
         if waiting is None:
             waiting = self._expiries[tick] = set()
@@ -532,9 +535,9 @@ class Hub:
                 # The first message: answered `linger` after the poll came (polls that came at different
                 # times are answered at different times, not in one burst), or now if that has passed.
                 parked.lingering = True
-                due = parked.since + parked.linger
-                if due > self._loop.time():
-                    self._time(parked, due)
+                tick = math.floor((parked.since + parked.linger) / TICK)
+                if tick * TICK > self._loop.time():
+                    self._time(parked, tick)
                     return
             parked.woken = True
             if not self._ready:

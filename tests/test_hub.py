@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from async_chat import InvalidRequest, Message, NoSuchSubscription, Unavailable
 from async_chat.brokers.memory import MemoryBroker
 from async_chat.delivery import Delivery, Parked
-from async_chat.hub import Hub, HubLimits
+from async_chat.hub import TICK, Hub, HubLimits, _ParkedPoll
 
 from .conftest import wait_until
 
@@ -410,3 +410,24 @@ async def serve(hub: Hub, sub_id: str, limit: int, position: int, park: bool = F
         await publish(hub, 3)
         return await asyncio.wait_for(got, 5)
     return answer
+
+
+@pytest.mark.parametrize("linger", [0.0123, 0.02, 0.0371])
+async def test_a_lingering_poll_is_answered_no_later_than_its_linger(hub: Hub, linger: float) -> None:
+    """chat.thrift promises that a message waits at most linger_ms: a linger ends at the tick at or before
+    its end, never the one after (a wait for a message, at the one after: never early)."""
+    sub = await hub.subscribe("r", 0)
+    waiting = hub.poll_now(sub.subscription_id, 100, 30, 0, linger)  # parked with nothing queued yet
+    assert isinstance(waiting, _ParkedPoll)
+    assert waiting.tick * TICK >= waiting.since + 30
+    await publish(hub, 1)  # the first message: it lingers from when the poll came
+    assert waiting.lingering
+    assert waiting.since + linger - TICK < waiting.tick * TICK <= waiting.since + linger
+    waiting.cancel()
+
+    await publish(hub, 1)  # a message already waits when the next poll comes: it lingers from the message
+    oldest = hub._subs[sub.subscription_id].queue[0].at
+    parked = hub.poll_now(sub.subscription_id, 100, 30, 0, linger)
+    assert isinstance(parked, _ParkedPoll)
+    assert oldest + linger - TICK < parked.tick * TICK <= oldest + linger
+    parked.cancel()
