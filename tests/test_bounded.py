@@ -5,6 +5,7 @@ answer) within the test's own timeout, or checks a memory bound far from what th
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import struct
 from pathlib import Path
@@ -19,6 +20,7 @@ from benchmarks.processes import LOOPBACK, RedisProcess, ServerProcess, start_se
 from .certs import make_certificates
 from .conftest import read_to_close
 from .test_malformed import call, string
+from .test_operations import metrics_port, scrape
 
 pytestmark = pytest.mark.one_loop  # the subject is a server process; the test's loop only drives it
 
@@ -94,6 +96,52 @@ async def test_clients_that_stop_reading_hold_bounded_memory_and_their_slots_onl
         await server.kill()
     print(f"three stalled readers: server RSS grew {growth:.1f} MiB")
     assert growth < 32  # was 63 MB a connection; now a reply of at most --max-reply-bytes each
+
+
+async def test_subscribers_that_stop_reading_in_a_busy_room_hold_bounded_memory_and_are_cut() -> None:
+    """The same attack on parked polls, which the hub's pass answers by callback rather than a task: three
+    subscribers pipeline fifty polls each and never read, while 36 MB is published to their room. Each
+    holds at most its queue, a reply and the unsent bytes' bound, until the idle timeout aborts it."""
+    server = await start_server(
+        "--publish-rate", "0", "--max-connections", "4", "--history", "10", "--metrics-port", "0", *SHORT
+    )
+    stalled: list[asyncio.StreamWriter] = []
+    try:
+        async with ChatClient(LOOPBACK, server.port) as client:
+            subs = [await client.create_subscription("busy") for _ in range(3)]
+            base = server.rss_bytes()
+            for sub in subs:
+                polls = call(b"poll", string(1, sub.subscription_id.encode()) + b"\x08\x00\x02"
+                             + struct.pack(">i", 1000) + b"\x08\x00\x03" + struct.pack(">i", 1000) + b"\x00")
+                sock = socket.socket()
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so that replies stay in the server
+                sock.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, server.port))
+                _reader, writer = await asyncio.open_connection(sock=sock)
+                writer.transport.set_write_buffer_limits(high=0)
+                writer.write(polls * 50)  # fifty polls, parked one at a time, and never a byte read
+                stalled.append(writer)
+            await gauge_reaches(server, "async_chat_polls_waiting", 3)
+            for i in range(600):  # 600 x 60 KB: every parked poll is answered, and answered again
+                await client.publish(Message(sender="p", content=f"{i:05}" + "x" * 60_000, room="busy"))
+        growth = (server.rss_bytes() - base) / MiB
+        await logged(server, "event=connection_stalled")  # aborted at the idle timeout (one line an episode)
+        await gauge_reaches(server, "async_chat_connections", 0)  # every one of them: none held forever
+        await served(server.port)
+    finally:
+        for writer in stalled:
+            writer.transport.abort()
+        await server.kill()
+    print(f"three stalled subscribers: server RSS grew {growth:.1f} MiB")
+    assert growth < 16  # a queue's bound and a reply each (history keeps 10): unbounded, 150 replies of 256 KiB
+
+
+async def gauge_reaches(server: ServerProcess, name: str, value: float) -> None:
+    """Until the server's metrics show `value` for the gauge `name` (another process: no event to wait on)."""
+    port = metrics_port(server)
+    async with asyncio.timeout(30):
+        while (await scrape(port))[(name, ())] != value:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
 
 
 async def test_a_flood_of_bad_connections_is_a_few_log_lines_not_one_each() -> None:

@@ -187,6 +187,24 @@ async def test_expiry_spares_a_subscription_inside_a_poll(hub: Hub, clock: Clock
     assert [m.seq for m in (await poll).messages] == [1]
 
 
+async def test_expiry_spares_a_subscription_whose_poll_is_parked(hub: Hub, clock: Clock) -> None:
+    """A poll parked with no task (what the server does with most waiting polls) holds its subscription
+    as a waiting task does: the TTL does not take it from under the poll."""
+    idle = await hub.subscribe("r", 0)
+    busy = await hub.subscribe("r", 0)
+    parked = hub.poll_now(busy.subscription_id, 10, 30)
+    assert isinstance(parked, Parked)
+    got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+    parked.encode = lambda delivery: delivery  # type: ignore[assignment,return-value]  # the Delivery itself
+    parked.deliver = got.set_result  # type: ignore[assignment]
+    clock.now += 11
+    assert hub.reap() == 1
+    with pytest.raises(NoSuchSubscription):
+        await hub.poll(idle.subscription_id, 10, 0)
+    await publish(hub, 1)
+    assert [e.message.seq for e in (await asyncio.wait_for(got, 5)).entries] == [1]
+
+
 async def test_polls_on_one_subscription_are_served_one_at_a_time(hub: Hub) -> None:
     sub = await hub.subscribe("r", 0)
     first = asyncio.create_task(hub.poll(sub.subscription_id, 1, 30))
