@@ -70,6 +70,26 @@ async def served_once_slots_free(port: int) -> None:
                 await asyncio.sleep(0.1)  # a client's retry pace
 
 
+async def never_reading(port: int, data: bytes, receive_window: int | None = None) -> asyncio.StreamWriter:
+    """A connection that sends `data` at once and never reads a byte of what comes back."""
+    sock = socket.socket()
+    if receive_window is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_window)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, port))
+    _reader, writer = await asyncio.open_connection(sock=sock)
+    writer.transport.set_write_buffer_limits(high=0)
+    writer.write(data)
+    return writer
+
+
+async def kill_with(server: ServerProcess, stalled: list[asyncio.StreamWriter]) -> None:
+    """End a test's server, and its stalled connections first."""
+    for writer in stalled:
+        writer.transport.abort()
+    await server.kill()
+
+
 async def test_clients_that_stop_reading_hold_bounded_memory_and_their_slots_only_until_the_idle_timeout() -> None:
     """Finding 1: ten connections with poll replies unread grew RSS by 63 MB each and were never closed,
     so three of them locked out everyone under --max-connections 3."""
@@ -83,17 +103,12 @@ async def test_clients_that_stop_reading_hold_bounded_memory_and_their_slots_onl
         asks = call(b"history", string(1, b"big") + b"\x0a\x00\x02" + struct.pack(">q", 1)
                     + b"\x08\x00\x03" + struct.pack(">i", 1000) + b"\x00")
         for _ in range(3):
-            _reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
-            writer.transport.set_write_buffer_limits(high=0)
-            writer.write(asks * 50)  # fifty asks, and never a byte read
-            stalled.append(writer)
+            stalled.append(await never_reading(server.port, asks * 50))  # fifty asks, and never a byte read
         await logged(server, "event=connection_stalled")  # aborted at the idle timeout, not held forever
         growth = (server.rss_bytes() - base) / MiB
         await served_once_slots_free(server.port)
     finally:
-        for writer in stalled:
-            writer.transport.abort()
-        await server.kill()
+        await kill_with(server, stalled)
     print(f"three stalled readers: server RSS grew {growth:.1f} MiB")
     assert growth < 32  # was 63 MB a connection; now a reply of at most --max-reply-bytes each
 
@@ -113,14 +128,9 @@ async def test_subscribers_that_stop_reading_in_a_busy_room_hold_bounded_memory_
             for sub in subs:
                 polls = call(b"poll", string(1, sub.subscription_id.encode()) + b"\x08\x00\x02"
                              + struct.pack(">i", 1000) + b"\x08\x00\x03" + struct.pack(">i", 1000) + b"\x00")
-                sock = socket.socket()
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so that replies stay in the server
-                sock.setblocking(False)
-                await asyncio.get_running_loop().sock_connect(sock, (LOOPBACK, server.port))
-                _reader, writer = await asyncio.open_connection(sock=sock)
-                writer.transport.set_write_buffer_limits(high=0)
-                writer.write(polls * 50)  # fifty polls, parked one at a time, and never a byte read
-                stalled.append(writer)
+                # fifty polls, parked one at a time, and never a byte read; a small window, so that the
+                # replies stay in the server rather than in the kernel's buffers
+                stalled.append(await never_reading(server.port, polls * 50, receive_window=4096))
             await gauge_reaches(server, "async_chat_polls_waiting", 3)
             for i in range(600):  # 600 x 60 KB: every parked poll is answered, and answered again
                 await client.publish(Message(sender="p", content=f"{i:05}" + "x" * 60_000, room="busy"))
@@ -129,9 +139,7 @@ async def test_subscribers_that_stop_reading_in_a_busy_room_hold_bounded_memory_
         await gauge_reaches(server, "async_chat_connections", 0)  # every one of them: none held forever
         await served(server.port)
     finally:
-        for writer in stalled:
-            writer.transport.abort()
-        await server.kill()
+        await kill_with(server, stalled)
     print(f"three stalled subscribers: server RSS grew {growth:.1f} MiB")
     assert growth < 16  # a queue's bound and a reply each (history keeps 10): unbounded, 150 replies of 256 KiB
 
