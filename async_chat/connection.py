@@ -166,8 +166,7 @@ class Connection(asyncio.Protocol):
             self._buffer += data
             return
         buffer = self._buffer
-        if not buffer and self._task is None and self._parked is None and self._waiter is None \
-                and self._codec is not None \
+        if not buffer and not self._answering and self._waiter is None and self._codec is not None \
                 and not self._writing_paused and not self._closing and self._answer_whole(data):
             return
         buffer += data
@@ -176,7 +175,7 @@ class Connection(asyncio.Protocol):
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        elif self._task is None and self._parked is None and not self._writing_paused:
+        elif not self._answering and not self._writing_paused:
             self._advance()
         if len(buffer) > HIGH_WATER + self._frame_size and self._waiter is None and not self._reading_paused \
                 and not self._closing:
@@ -239,7 +238,7 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self._task is None and self._parked is None:
+        if not self._answering:
             self._advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -258,6 +257,12 @@ class Connection(asyncio.Protocol):
             self.closed.set_result(None)
 
     # -- control, for the server ----------------------------------------------------------------------
+
+    @property
+    def _answering(self) -> bool:
+        """A call is in flight: waiting in a task, or parked (a poll the hub answers by callback). The next
+        call waits until it is answered: replies go out in the order their calls came."""
+        return self._task is not None or self._parked is not None
 
     def _unpark(self) -> None:
         parked, self._parked = self._parked, None
@@ -290,7 +295,7 @@ class Connection(asyncio.Protocol):
     def _advance(self) -> None:
         """Answer the calls that have arrived, in order, until one must wait or none is left."""
         try:
-            while self._task is None and self._parked is None and not self._writing_paused and not self._closing:
+            while not self._answering and not self._writing_paused and not self._closing:
                 buffer = self._buffer
                 if not buffer:
                     self.state = ConnectionState.IDLE

@@ -315,10 +315,10 @@ class Hub:
         start = sub.cursor
         waits = wait > 0 and self.state is HubState.RUNNING
         if linger > 0 and waits and sub.queue and not self._full(sub, max_messages):
-            now = self._loop.time()
-            tick = math.floor((sub.queue[0].at + linger) / TICK)  # the oldest message waits at most `linger`
-            if tick * TICK > now:
-                return self._park(_ParkedPoll(self, sub, max_messages, from_seq, start, linger, now, True), tick)
+            tick = self._linger_end(sub.queue[0].at + linger)  # the oldest message waits at most `linger`
+            if tick is not None:
+                parked = _ParkedPoll(self, sub, max_messages, from_seq, start, linger, self._loop.time(), True)
+                return self._park(parked, tick)
         entries = self._take(sub, max_messages, [], self.limits.max_reply_bytes)
         if entries or sub.cursor != start or not waits:
             return self._served(sub, entries, start, from_seq)
@@ -345,6 +345,12 @@ class Hub:
             waiting = self._expiries[tick] = set()
             self._loop.call_at(tick * TICK, self._expire, tick)
         waiting.add(parked)
+
+    def _linger_end(self, due: float) -> int | None:
+        """The tick a linger due at `due` ends on (the last at or before it: see TICK); None if that has
+        passed, and the poll is answered now."""
+        tick = math.floor(due / TICK)
+        return tick if tick * TICK > self._loop.time() else None
 
     def _untime(self, parked: _ParkedPoll) -> None:
         waiting = self._expiries.get(parked.tick)
@@ -535,8 +541,8 @@ class Hub:
                 # The first message: answered `linger` after the poll came (polls that came at different
                 # times are answered at different times, not in one burst), or now if that has passed.
                 parked.lingering = True
-                tick = math.floor((parked.since + parked.linger) / TICK)
-                if tick * TICK > self._loop.time():
+                tick = self._linger_end(parked.since + parked.linger)
+                if tick is not None:
                     self._time(parked, tick)
                     return
             parked.woken = True
