@@ -17,12 +17,11 @@ from async_chat import ChatClient, InvalidRequest, Message
 from async_chat.brokers.memory import MemoryBroker
 from async_chat.codec import Codec
 from async_chat.contract import ChatService
-from async_chat.delivery import Delivery, Parked
 from async_chat.hub import Hub, HubLimits
 from async_chat.server import ChatServer
 
 from .conftest import LOOPBACK, ServerFactory, raw_connection, wait_until
-from .test_hub import publish
+from .test_hub import answered, publish
 from .test_messaging import take
 
 
@@ -72,11 +71,7 @@ async def test_a_parked_poll_whose_queue_overflowed_before_its_answer_reads_hist
     await hub.start()
     try:
         sub = await hub.subscribe("r", 0)
-        parked = hub.poll_now(sub.subscription_id, 100, 30, sub.next_seq)
-        assert isinstance(parked, Parked)
-        got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        parked.encode = lambda delivery: delivery  # type: ignore[assignment,return-value]
-        parked.deliver = got.set_result  # type: ignore[assignment]
+        got = answered(hub.poll_now(sub.subscription_id, 100, 30, sub.next_seq))
         await publish(hub, 9)  # the memory broker never waits: all nine before the hub's pass
         delivery = await asyncio.wait_for(got, 5)
         assert [e.message.seq for e in delivery.entries] == list(range(1, 10))

@@ -192,11 +192,7 @@ async def test_expiry_spares_a_subscription_whose_poll_is_parked(hub: Hub, clock
     as a waiting task does: the TTL does not take it from under the poll."""
     idle = await hub.subscribe("r", 0)
     busy = await hub.subscribe("r", 0)
-    parked = hub.poll_now(busy.subscription_id, 10, 30)
-    assert isinstance(parked, Parked)
-    got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-    parked.encode = lambda delivery: delivery  # type: ignore[assignment,return-value]  # the Delivery itself
-    parked.deliver = got.set_result  # type: ignore[assignment]
+    got = answered(hub.poll_now(busy.subscription_id, 10, 30))
     clock.now += 11
     assert hub.reap() == 1
     with pytest.raises(NoSuchSubscription):
@@ -422,12 +418,20 @@ async def serve(hub: Hub, sub_id: str, limit: int, position: int, park: bool = F
     if answer is None:
         return await hub.poll_later(sub_id, limit, 0, position)
     if isinstance(answer, Parked):
-        got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        answer.encode = lambda delivery: delivery  # type: ignore[assignment,return-value]  # the Delivery itself
-        answer.deliver = got.set_result  # type: ignore[assignment]
+        got = answered(answer)
         await publish(hub, 3)
         return await asyncio.wait_for(got, 5)
     return answer
+
+
+def answered(answer: Delivery | Parked | None) -> asyncio.Future[Delivery]:
+    """What the hub answers the parked poll `answer` with: the Delivery itself, where the server's processor
+    would encode it and its connection write it."""
+    assert isinstance(answer, Parked)
+    got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+    answer.encode = lambda delivery: delivery  # type: ignore[assignment,return-value]
+    answer.deliver = got.set_result  # type: ignore[assignment]
+    return got
 
 
 @pytest.mark.parametrize("linger", [0.0123, 0.02, 0.0371])
