@@ -225,7 +225,7 @@ class Connection(asyncio.Protocol):
                 return False
         self.state = ConnectionState.BUSY
         try:
-            self._start(self._server.processor.answer(decoded[0], codec))
+            self._answer(decoded[0], codec)
         except Exception as exc:
             self._fail(exc)
         return True
@@ -327,7 +327,7 @@ class Connection(asyncio.Protocol):
                     call, used = decoded
                     del buffer[:used]
                 self.state = ConnectionState.BUSY
-                if not self._start(self._server.processor.answer(call, codec)):
+                if not self._answer(call, codec):
                     break
         except Exception as exc:
             self._fail(exc)
@@ -416,6 +416,15 @@ class Connection(asyncio.Protocol):
         return chunk
 
     # -- answering ------------------------------------------------------------------------------------
+
+    def _answer(self, call: Call, codec: Codec) -> bool:
+        """Answer a decoded call: at once when its method has a synchronous form, else as `_start` says."""
+        processor = self._server.processor
+        reply = self._context.run(processor.answer_now, call, codec)
+        if reply is not None:
+            self._replied(reply)
+            return True
+        return self._start(processor.answer(call, codec))
 
     def _start(self, answering: Coroutine[Any, Any, bytes | Parked | None]) -> bool:
         """Run a call to its reply; True if it finished now, False if it waits (in a task of its own, or

@@ -202,6 +202,13 @@ class Hub:
         self.published_total += stored
         return seq
 
+    def publish_now(self, message: Any) -> int:
+        """`publish`, done before returning: only when the broker `stores_at_once`."""
+        self._check_running()
+        seq, stored = self.broker.publish_now(message)
+        self.published_total += stored
+        return seq
+
     def _deliver(self, message: Any) -> None:
         subs = self._rooms.get(message.room)
         if not subs:

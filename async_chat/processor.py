@@ -7,7 +7,9 @@ the connection with no reply at all. Here every call gets an answer:
   -> a TApplicationException whose message is "CODE: reason";
 - anything unexpected -> logged with its traceback, answered with TApplicationException INTERNAL_ERROR.
 The connection lives on in every case. Decoding is the codec's (codec.py); an answer comes back as the
-reply's bytes, encoded by the caller's codec, so that the connection writes it in one piece.
+reply's bytes, encoded by the caller's codec, so that the connection writes it in one piece. A method the
+handler can answer without waiting (a publish to the memory broker) is also answered without a coroutine
+(`answer_now`): on a void `sendMessage`, the coroutines cost as much Python as the rest of the call.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from thriftpy2.thrift import TApplicationException
 
@@ -31,6 +33,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class ChatProcessor:
     """Runs decoded calls on the handler and encodes their answers."""
@@ -38,12 +42,14 @@ class ChatProcessor:
     def __init__(self, service: Any, handler: Any, metrics: Metrics | None = None) -> None:
         self.metrics = metrics
         self._methods: dict[str, _Method] = {}
+        at_once = handler.at_once()
         for api in service.thrift_services:
             result = getattr(service, api + "_result")
             names = [spec[1] for spec in getattr(service, api + "_args").thrift_spec.values()]
             fields = {spec[1] for spec in result.thrift_spec.values()}
             self._methods[api] = _Method(
                 getattr(handler, api, None),
+                None if result.oneway else at_once.get(api),
                 attrgetter(*names) if names else None,
                 len(names) == 1,
                 result,
@@ -54,52 +60,70 @@ class ChatProcessor:
     async def answer(self, call: Call, codec: Codec) -> bytes | Parked | None:
         """Run `call` and return its reply's bytes (None for a oneway method; `Parked` for a poll that
         waits with no task, whose bytes come by callback); with metrics on, count it by method and outcome."""
-        metrics = self.metrics
-        started = time.perf_counter() if metrics is not None else 0.0
-        api, seqid, args = call.api, call.seqid, call.args
-        method = self._methods.get(api) if args is not None else None
+        started = time.perf_counter() if self.metrics is not None else 0.0
+        api, seqid = call.api, call.seqid
+        method = self._methods.get(api) if call.args is not None else None
         reply: bytes | None
         if method is None:  # a method the service does not have
             logger.debug("unknown method %r called", api)
             error = TApplicationException(TApplicationException.UNKNOWN_METHOD, f"unknown method {api!r}")
             reply, outcome = codec.exception(api, seqid, error), "unknown_method"
         else:
-            reply, outcome = None, "ok"
             try:
-                if method.args is None:
-                    value = await method.run()
-                elif method.single:
-                    value = await method.run(method.args(args))
-                else:
-                    value = await method.run(*method.args(args))
-            except ChatError as exc:
-                if exc.code is None:  # a client-side kind has no wire code: a bug here, not a refusal
-                    reply, outcome = self._internal_error(api, seqid, codec), "internal"
-                else:
-                    outcome = exc.code.name.lower()
-                    if method.declares_error:
-                        result = method.result(error=WireChatError(code=int(exc.code), reason=exc.reason))
-                        reply = self._encode(codec, api, seqid, result)
-                    else:  # sendMessage and unsubscribe declare none: classic clients see an application error
-                        refusal = TApplicationException(TApplicationException.UNKNOWN, str(exc))
-                        reply = codec.exception(api, seqid, refusal)
-            except Exception:
-                reply, outcome = self._internal_error(api, seqid, codec), "internal"
+                value = await _run(method.run, method, call.args)
+            except Exception as exc:
+                reply, outcome = self._refused(method, api, seqid, codec, exc)
             else:
-                if method.result.oneway:
-                    reply = None
-                elif method.void:
-                    reply = codec.void_reply(api, seqid)
-                elif type(value) is Delivery:
-                    reply = self._encode(codec, api, seqid, value)
-                elif isinstance(value, Parked):  # a poll that waits with no task: answered by callback
+                if isinstance(value, Parked):  # a poll that waits with no task: answered by callback
                     value.encode = partial(self._answer_parked, codec, api, seqid, started)
                     return value
-                else:
-                    reply = self._encode(codec, api, seqid, method.result(success=value))
-        if metrics is not None:
-            metrics.observe(api, outcome, time.perf_counter() - started)
+                reply, outcome = self._returned(method, api, seqid, codec, value), "ok"
+        if self.metrics is not None:
+            self.metrics.observe(api, outcome, time.perf_counter() - started)
         return reply
+
+    def answer_now(self, call: Call, codec: Codec) -> bytes | None:
+        """`call`'s reply, when its method has a synchronous form (`at_once` on the handler); else None, and
+        nothing is done: `answer` it. Skips the coroutines, the eager start and the awaits of `answer`."""
+        method = self._methods.get(call.api) if call.args is not None else None
+        if method is None or method.now is None:
+            return None
+        started = time.perf_counter() if self.metrics is not None else 0.0
+        api, seqid = call.api, call.seqid
+        reply: bytes | None
+        try:
+            value = _run(method.now, method, call.args)
+        except Exception as exc:
+            reply, outcome = self._refused(method, api, seqid, codec, exc)
+        else:
+            reply, outcome = self._returned(method, api, seqid, codec, value), "ok"
+        if self.metrics is not None:
+            self.metrics.observe(api, outcome, time.perf_counter() - started)
+        return reply
+
+    def _returned(self, method: _Method, api: str, seqid: int, codec: Codec, value: Any) -> bytes | None:
+        """The reply of a call that returned `value`."""
+        if method.result.oneway:
+            return None
+        if method.void:
+            return codec.void_reply(api, seqid)
+        if type(value) is Delivery:
+            return self._encode(codec, api, seqid, value)
+        return self._encode(codec, api, seqid, method.result(success=value))
+
+    def _refused(self, method: _Method, api: str, seqid: int, codec: Codec, exc: Exception) -> tuple[bytes, str]:
+        """The reply, and the outcome to count, of a call that raised `exc` (called while it is handled: an
+        unexpected one is logged with its traceback)."""
+        if not isinstance(exc, ChatError):
+            return self._internal_error(api, seqid, codec), "internal"
+        if exc.code is None:  # a client-side kind has no wire code: a bug here, not a refusal
+            return self._internal_error(api, seqid, codec), "internal"
+        if method.declares_error:
+            result = method.result(error=WireChatError(code=int(exc.code), reason=exc.reason))
+            return self._encode(codec, api, seqid, result), exc.code.name.lower()
+        # sendMessage and unsubscribe declare none: classic clients see an application error
+        refusal = TApplicationException(TApplicationException.UNKNOWN, str(exc))
+        return codec.exception(api, seqid, refusal), exc.code.name.lower()
 
     def _answer_parked(self, codec: Codec, api: str, seqid: int, started: float, delivery: Delivery) -> bytes:
         reply = self._encode(codec, api, seqid, delivery)
@@ -131,6 +155,8 @@ class _Method(NamedTuple):
 
     run: Any
     """The handler's coroutine function."""
+    now: Callable[..., Any] | None
+    """Its synchronous form, if it has one (`answer_now`)."""
     args: Callable[[Any], Any] | None
     """Takes the arguments out of the decoded `_args` struct, in the IDL's order."""
     single: bool
@@ -138,3 +164,12 @@ class _Method(NamedTuple):
     """The `_result` struct's type."""
     void: bool
     declares_error: bool
+
+
+def _run(run: Callable[..., T], method: _Method, args: Any) -> T:
+    """`run` called with the arguments out of the decoded `_args` struct, in the IDL's order."""
+    if method.args is None:
+        return run()
+    if method.single:
+        return run(method.args(args))
+    return run(*method.args(args))

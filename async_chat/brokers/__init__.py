@@ -42,6 +42,10 @@ class Broker(abc.ABC):
     """Whether a call may start outside any task (connection.py runs calls eagerly when it can): true
     only if nothing the broker awaits asks for the current task, as `asyncio.timeout` and redis-py do."""
 
+    stores_at_once: bool = False
+    """Whether `publish_now` works: the broker stores a message without waiting for anything (the memory
+    broker). A publish is then answered with no coroutine at all (processor.py)."""
+
     @abc.abstractmethod
     async def start(self, deliver: Deliver) -> None:
         """Begin delivering stored messages to `deliver`."""
@@ -53,6 +57,10 @@ class Broker(abc.ABC):
         Returns (seq, stored). A message whose (room, sender, client_msg_id) is still in the dedup window
         is not stored again: the first send's seq comes back with stored False.
         """
+
+    def publish_now(self, message: Any) -> tuple[int, bool]:
+        """`publish`, done before returning: only for a broker that `stores_at_once`."""
+        raise NotImplementedError(f"{type(self).__name__} must wait to store a message; await publish()")
 
     @abc.abstractmethod
     async def history(self, room: str, from_seq: int, limit: int) -> list[Any]:

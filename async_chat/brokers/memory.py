@@ -59,6 +59,7 @@ class MemoryBroker(Broker):
     """Rooms, seq counters, bounded history rings and dedup windows in this process."""
 
     eager = True
+    stores_at_once = True
 
     def __init__(
         self,
@@ -103,6 +104,9 @@ class MemoryBroker(Broker):
         self._watched.discard(room)
 
     async def publish(self, message: Any) -> tuple[int, bool]:
+        return self.publish_now(message)
+
+    def publish_now(self, message: Any) -> tuple[int, bool]:
         now = self._clock()
         room = self._rooms.get(message.room)
         if room is None:
