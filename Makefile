@@ -45,7 +45,7 @@ stress: system-deps $(VENV)/.installed
 
 # What `make run` needs: the package and its own dependencies (a small venv). The tests' tools (mypy,
 # ruff, matplotlib, redis-py, …) come with `make test`, into the same venv.
-$(VENV)/.server: pyproject.toml
+$(VENV)/.server: pyproject.toml setup.py async_chat/_binary_call.pyx
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "async_chat needs Python >= 3.11; set PYTHON=python3.11 or newer")'
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a virtualenv: install Debian's python3-venv (apt-get install python3-venv) and rerun" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
@@ -59,14 +59,17 @@ $(VENV)/.installed: $(VENV)/.server
 
 # System tools the tests drive for real: Apache Thrift's compiler (code generated for Python and Node),
 # Node.js with npm (the Node client), redis-server (the Redis broker; the tests start their own) and
-# openssl (certificates for the tests' TLS Redis), and a C compiler (the benchmarks' load generator).
-# Each is a command and the Debian package that provides it.
+# openssl (certificates for the tests' TLS Redis), and a C compiler (the benchmarks' load generator, and
+# the package's compiled decoder, which the tests require to be built). Each is a command and the Debian
+# package that provides it; Python's own headers (Debian's python3-dev) are checked for as a file.
 SYSTEM_TOOLS := thrift:thrift-compiler node:nodejs npm:npm redis-server:redis-server openssl:openssl cc:gcc
 
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
 	done; \
+	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing from Debian's packages:$$missing"; \

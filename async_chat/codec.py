@@ -2,8 +2,9 @@
 
 thriftpy2's aio server decodes a call value by value, awaiting its transport for each one: a void
 `sendMessage` costs tens of microseconds of Python before the handler runs. Here a call that has
-arrived whole is decoded in one go from memory by thriftpy2's Cython binary codec (`cybin`), and every
-reply is encoded to bytes in one piece, for one write.
+arrived whole is decoded in one go from memory, and every reply is encoded to bytes in one piece, for one
+write. A binary call is decoded by our compiled decoder (_binary_call.pyx) when the package was built with
+it; what it does not take (and every call, without it) goes through thriftpy2's Cython codec (`cybin`).
 
 cybin was written for trusted transports, and three of its behaviours are unsafe on bytes from a socket.
 Each is handled here rather than patched in thriftpy2:
@@ -28,6 +29,8 @@ against the call's byte budget before anything is read, and with the zero-width 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +42,18 @@ from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[
 
 from . import compact, wire
 from .delivery import Delivery
+
+DecodeCall = Callable[[bytes, dict[str, Any]], tuple[str, int, Any, int] | None]
+
+COMPILED: DecodeCall | None
+try:
+    from ._binary_call import decode_call as COMPILED
+except ImportError:  # not built (no Cython or no C compiler at install): cybin, through Python
+    COMPILED = None
+if os.environ.get("ASYNC_CHAT_PURE_PYTHON"):
+    COMPILED = None
+"""The compiled binary decoder (_binary_call.pyx), if it is built and not turned off by setting
+ASYNC_CHAT_PURE_PYTHON; what it does not take, the pure-Python path does."""
 
 FAST_WINDOW = 16 * 1024
 """At most this much of a connection's unread bytes is copied for a fast decode. A larger call, or one
@@ -82,7 +97,10 @@ class Codec:
     The event loop runs one callback at a time and nothing here awaits, so one set of buffers serves all.
     """
 
-    def __init__(self, service: Any, protocol: str, strict: bool = True, max_call_bytes: int = FAST_WINDOW) -> None:
+    def __init__(
+        self, service: Any, protocol: str, strict: bool = True, max_call_bytes: int = FAST_WINDOW, compiled: bool = True
+    ) -> None:
+        """`compiled`: decode binary calls with the compiled decoder when it is built (`COMPILED`)."""
         self.service = service
         self._window = min(FAST_WINDOW, max_call_bytes)
         self.protocol = protocol
@@ -90,6 +108,7 @@ class Codec:
         self._methods = frozenset(service.thrift_services)
         self._args = {api: getattr(service, api + "_args") for api in self._methods}
         self._fast = protocol == "binary"
+        self._compiled = COMPILED if self._fast and compiled else None
         self._void: dict[str, tuple[bytes, bytes]] = {}
         self._heads: dict[str, bytes] = {}
         self._last_batch: tuple[tuple[Any, ...], bytes] = ((), b"")
@@ -119,6 +138,11 @@ class Codec:
                 return None  # not all there, not for the fast decoder, or a frame with more than its call
             api, seqid, args, used = decoded
             return Call(api, seqid, args), used
+        if self._compiled is not None:
+            compiled = self._compiled(data if type(data) is bytes else bytes(data), self._args)
+            if compiled is not None:
+                api, seqid, args, used = compiled
+                return (Call(api, seqid, args), used) if not whole or used == size else None
         if len(data.translate(None, _CONTAINER_TYPES)) != size:
             end = call_length(data)
             if end is None or (whole and end != size):

@@ -23,9 +23,10 @@ def call(api: str, seqid: int = 1, **kwargs: object) -> bytes:
     return data
 
 
-@pytest.fixture
-def codec() -> Codec:
-    return Codec(ChatService, "binary", max_call_bytes=1 << 20)
+@pytest.fixture(params=["compiled", "pure"])
+def codec(request: pytest.FixtureRequest) -> Codec:
+    """Both binary decoders: the compiled one (_binary_call.pyx) and the pure-Python path without it."""
+    return Codec(ChatService, "binary", max_call_bytes=1 << 20, compiled=request.param == "compiled")
 
 
 # Bytes 0x0d..0x0f are the type bytes of map, set and list; they also occur in lengths, seqids and text.

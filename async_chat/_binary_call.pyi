@@ -1,0 +1,3 @@
+from typing import Any
+
+def decode_call(data: bytes, args: dict[str, Any]) -> tuple[str, int, Any, int] | None: ...
