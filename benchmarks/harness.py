@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from async_chat.codec import COMPILED
+
 
 def machine() -> dict[str, Any]:
     """The facts a reader needs to compare runs: CPU, cores, OS, Python and library versions."""
@@ -53,6 +55,7 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "versions": versions,
         "redis_server": redis_version,
+        "decoder": "compiled" if COMPILED is not None else "python",  # what the servers run (same package)
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -65,7 +68,7 @@ def _commit() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
     commit = git("rev-parse", "HEAD").strip() or None
-    changed = git("status", "--porcelain", "--", "async_chat", "benchmarks", "pyproject.toml",
+    changed = git("status", "--porcelain", "--", "async_chat", "benchmarks", "pyproject.toml", "setup.py",
                   ":(exclude)benchmarks/results").strip()
     return {"commit": commit, "clean": commit is not None and not changed}
 
