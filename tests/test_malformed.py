@@ -108,6 +108,9 @@ CORPUS = {
     "compact-header-binary-body": b"\x82" + call(b"publish", b"")[1:],
     "bad-version": struct.pack(">i", -2147352575) + b"\x00\x00\x00\x01x",  # 0x80020001
     "negative-string-length": call(b"publish", message(string(1, b"s"), b"\x0b\x00\x02" + struct.pack(">i", -5))),
+    # a string that claims 2 GiB, or one byte more than the call holds: nothing is allocated for either
+    "huge-string-length": call(b"publish", message(b"\x0b\x00\x01" + struct.pack(">i", 2**31 - 1) + b"abc")),
+    "string-one-past-the-end": call(b"publish", message(b"\x0b\x00\x01" + struct.pack(">i", 4) + b"abc")),
     "negative-name-length": struct.pack(">ii", CALL, -7) + b"publish",
     "huge-name-length": struct.pack(">ii", CALL, 2**31 - 1) + b"publish",
     "wrong-field-types": call(b"publish", message(b"\x08\x00\x01\x00\x00\x00\x07", b"\x08\x00\x02\x00\x00\x00\x07")),
