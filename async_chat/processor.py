@@ -9,7 +9,7 @@ the connection with no reply at all. Here every call gets an answer:
 The connection lives on in every case. Decoding is the codec's (codec.py); an answer comes back as the
 reply's bytes, encoded by the caller's codec, so that the connection writes it in one piece. A method the
 handler can answer without waiting (a publish to the memory broker) is also answered without a coroutine
-(`answer_now`): on a void `sendMessage`, the coroutines cost as much Python as the rest of the call.
+(`answer_now`): on a void `sendMessage`, the coroutines and their eager start are a tenth of its Python.
 """
 
 from __future__ import annotations
