@@ -356,7 +356,9 @@ class Hub:
     def _linger_end(self, due: float) -> int | None:
         """The tick a linger due at `due` ends on (the last at or before it: see TICK); None if that has
         passed, and the poll is answered now."""
-        tick = math.floor(due / TICK)
+        # A due time on a tick is that tick, though the division may land a hair under it (uvloop's clock
+        # counts whole milliseconds, so one due time in five is on a tick): a nanosecond's leeway.
+        tick = math.floor(due / TICK + 1e-6)
         return tick if tick * TICK > self._loop.time() else None
 
     def _untime(self, parked: _ParkedPoll) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 import pytest
@@ -434,6 +435,23 @@ def answered(answer: Delivery | Parked | None) -> asyncio.Future[Delivery]:
     return got
 
 
+def ends_within_its_linger(tick: int, due: float) -> bool:
+    """`tick` is the last tick at or before `due` (a tick within a nanosecond of `due` counts as on it)."""
+    return tick * TICK <= due + 1e-9 < (tick + 1) * TICK
+
+
+async def test_a_linger_due_on_a_tick_ends_on_that_tick(hub: Hub) -> None:
+    """uvloop's clock counts whole milliseconds, so a 20 ms linger is due on a 5 ms tick one time in five,
+    and the float division can land a hair under it: it must still end on that tick, not 5 ms early (the
+    suite's flake that found it: 35804.555 + 0.02 ended on 35804.570)."""
+    start = math.ceil(asyncio.get_running_loop().time()) + 1
+    dues = (start + ms / 1000 + 0.02 for ms in range(100_000))
+    hairline = next(due for due in dues if (due / TICK) % 1 > 0.999999)  # about one in 125
+    end = hub._linger_end(hairline)
+    assert end is not None
+    assert ends_within_its_linger(end, hairline)
+
+
 @pytest.mark.parametrize("linger", [0.0123, 0.02, 0.0371])
 async def test_a_lingering_poll_is_answered_no_later_than_its_linger(hub: Hub, linger: float) -> None:
     """chat.thrift promises that a message waits at most linger_ms: a linger ends at the tick at or before
@@ -444,12 +462,12 @@ async def test_a_lingering_poll_is_answered_no_later_than_its_linger(hub: Hub, l
     assert waiting.tick * TICK >= waiting.since + 30
     await publish(hub, 1)  # the first message: it lingers from when the poll came
     assert waiting.lingering
-    assert waiting.since + linger - TICK < waiting.tick * TICK <= waiting.since + linger
+    assert ends_within_its_linger(waiting.tick, waiting.since + linger)
     waiting.cancel()
 
     await publish(hub, 1)  # a message already waits when the next poll comes: it lingers from the message
     oldest = hub._subs[sub.subscription_id].queue[0].at
     parked = hub.poll_now(sub.subscription_id, 100, 30, 0, linger)
     assert isinstance(parked, _ParkedPoll)
-    assert oldest + linger - TICK < parked.tick * TICK <= oldest + linger
+    assert ends_within_its_linger(parked.tick, oldest + linger)
     parked.cancel()
