@@ -54,6 +54,8 @@ if os.environ.get("ASYNC_CHAT_PURE_PYTHON"):
     COMPILED = None
 """The compiled binary decoder (_binary_call.pyx), if it is built and not turned off by setting
 ASYNC_CHAT_PURE_PYTHON; what it does not take, the pure-Python path does."""
+DECODER = "compiled" if COMPILED is not None else "python"
+"""Which decoder binary calls get, as the server's start-up line and the benchmark results name it."""
 
 FAST_WINDOW = 16 * 1024
 """At most this much of a connection's unread bytes is copied for a fast decode. A larger call, or one

@@ -40,7 +40,7 @@ from anyio.abc import AsyncResource
 from . import auth, logs, wire
 from . import settings as settings_module
 from .brokers import open_broker, redact
-from .codec import COMPILED, Codec
+from .codec import DECODER, Codec
 from .connection import Connection, ConnectionState
 from .contract import ChatService
 from .errors import ChatError, InvalidRequest
@@ -184,7 +184,7 @@ class ChatServer(AsyncResource):
         logger.info(
             "async_chat listening on %s transport=%s protocol=%s tls=%s auth=%s broker=%s history=%d queue_size=%d"
             " decoder=%s", self.address, s.transport, s.protocol, _tls_mode(s), "on" if verifier else "off",
-            redact(s.broker), s.history, s.queue_size, "compiled" if COMPILED is not None else "python",
+            redact(s.broker), s.history, s.queue_size, DECODER,
             extra={"event": "started", "address": self.address, "broker": redact(s.broker)},
         )
 

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from async_chat.codec import COMPILED
+from async_chat.codec import DECODER
 
 
 def machine() -> dict[str, Any]:
@@ -55,7 +55,7 @@ def machine() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "versions": versions,
         "redis_server": redis_version,
-        "decoder": "compiled" if COMPILED is not None else "python",  # what the servers run (same package)
+        "decoder": DECODER,  # what the servers run (the same package)
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
