@@ -420,7 +420,7 @@ class Connection(asyncio.Protocol):
     def _answer(self, call: Call, codec: Codec) -> bool:
         """Answer a decoded call: at once when its method has a synchronous form, else as `_start` says."""
         processor = self._server.processor
-        reply = self._context.run(processor.answer_now, call, codec)
+        reply = processor.answer_now(call, codec, self._context)
         if reply is not None:
             self._replied(reply)
             return True

@@ -14,6 +14,7 @@ handler can answer without waiting (a publish to the memory broker) is also answ
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable
@@ -82,9 +83,10 @@ class ChatProcessor:
             self.metrics.observe(api, outcome, time.perf_counter() - started)
         return reply
 
-    def answer_now(self, call: Call, codec: Codec) -> bytes | None:
-        """`call`'s reply, when its method has a synchronous form (`at_once` on the handler); else None, and
-        nothing is done: `answer` it. Skips the coroutines, the eager start and the awaits of `answer`."""
+    def answer_now(self, call: Call, codec: Codec, context: contextvars.Context) -> bytes | None:
+        """`call`'s reply, when its method has a synchronous form (`at_once` on the handler), run in the
+        connection's `context`; else None, and nothing is done: `answer` it. Skips the coroutines, the eager
+        start and the awaits of `answer`; a call without such a form (a poll) costs a lookup."""
         method = self._methods.get(call.api) if call.args is not None else None
         if method is None or method.now is None:
             return None
@@ -92,7 +94,7 @@ class ChatProcessor:
         api, seqid = call.api, call.seqid
         reply: bytes | None
         try:
-            value = _run(method.now, method, call.args)
+            value = context.run(_run, method.now, method, call.args)
         except Exception as exc:
             reply, outcome = self._refused(method, api, seqid, codec, exc)
         else:

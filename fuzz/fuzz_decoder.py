@@ -76,7 +76,7 @@ class _Server:
     def track(self, task: asyncio.Task[Any]) -> None:
         pass
 
-    def answer_now(self, call: Call, codec: Codec) -> bytes | None:
+    def answer_now(self, call: Call, codec: Codec, context: Any) -> bytes | None:
         return None  # not answered here: `answer` counts it
 
     async def answer(self, call: Call, codec: Codec) -> bytes | None:
