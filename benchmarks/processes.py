@@ -24,11 +24,20 @@ class ServerProcess:
     def __init__(self, proc: asyncio.subprocess.Process, port: int, log: list[str]) -> None:
         self.proc, self.port, self.log = proc, port, log
         assert proc.stderr is not None
+        self._line = asyncio.Condition()
+        """Notified with each line that comes (`logged`)."""
         self._reader = asyncio.create_task(self._read(proc.stderr))
 
     async def _read(self, stream: asyncio.StreamReader) -> None:
         while line := await stream.readline():
             self.log.append(line.decode().rstrip("\n"))
+            async with self._line:
+                self._line.notify_all()
+
+    async def logged(self, text: str, count: int = 1) -> None:
+        """Until `count` lines of the log hold `text`: woken by each line as it comes (the caller bounds it)."""
+        async with self._line:
+            await self._line.wait_for(lambda: sum(text in line for line in self.log) >= count)
 
     def cpu_seconds(self) -> float:
         """CPU time the process has used so far (user + system), from /proc."""

@@ -30,10 +30,9 @@ SHORT = ("--idle-timeout", "3", "--max-poll-wait-ms", "1000", "--subscription-tt
 
 
 async def logged(server: ServerProcess, text: str, count: int = 1) -> None:
-    """Until the server's log has `count` lines with `text` (another process: no event to wait on)."""
+    """Until the server's log has `count` lines with `text`, within 30 s."""
     async with asyncio.timeout(30):
-        while sum(text in line for line in server.log) < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await server.logged(text, count)
 
 
 async def closed_on(port: int, data: bytes, *, told: bool = False) -> None:
