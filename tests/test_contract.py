@@ -5,12 +5,15 @@ Apache's generated clients and servers are in test_interop."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
 import thriftpy2
 
 from async_chat import IDL_PATH, ChatClient, ChatServer, ErrorCode
@@ -64,10 +67,15 @@ async def test_classic_thriftpy2_client_sends_and_subscribers_get_seqs(server: C
     ]
 
 
-def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_checkout(tmp_path: Path) -> None:
-    # As a user's pip would: the sdist first (it must hold every source, the compiled decoder's included),
-    # then the wheel from it. The sdist is made from the files git would commit, as on a fresh clone: a
-    # working tree's build leftovers (an egg-info's list of sources) could make up for a missing one.
+@pytest.mark.parametrize("compiler", ["cc", "none"])
+def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_checkout(
+    tmp_path: Path, compiler: str
+) -> None:
+    """As a user's pip would: the sdist first (it must hold every source, the compiled decoder's included),
+    then the wheel from it; with a C compiler the wheel carries the compiled decoder, and with none (one
+    that fails) it still builds, as pure Python, and says so. The sdist is made from the files git would
+    commit, as on a fresh clone: a working tree's build leftovers (an egg-info's list of sources) could
+    make up for a missing one."""
     source = tmp_path / "source"
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
@@ -84,22 +92,26 @@ def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_chec
     [sdist] = (tmp_path / "sdist").glob("async_chat-*.tar.gz")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(sdist)],
-        check=True, timeout=300,
+        check=True, timeout=300, env={**os.environ, **({"CC": "/bin/false"} if compiler == "none" else {})},
     )
     [wheel] = (tmp_path / "dist").glob("async_chat-*.whl")
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         assert archive.read("async_chat/chat.thrift") == (ROOT / "chat.thrift").read_bytes()
         assert "async_chat/py.typed" in archive.namelist()
-        # built with a C compiler (the tests' machines have one): the compiled decoder comes with it
-        assert any(name.startswith("async_chat/_binary_call.") and name.endswith(".so") for name in archive.namelist())
+        names = archive.namelist()
+        compiled = any(name.startswith("async_chat/_binary_call.") and name.endswith(".so") for name in names)
+        assert compiled == (compiler == "cc")
         archive.extractall(site)
+    # The wheel's package, and the dependencies beside it, but not the checkout: -S skips the .pth files,
+    # and with them the editable install's finder, which would find the checkout's compiled module.
     probe = (
-        "import async_chat, async_chat.codec; m = async_chat.Message(sender='a', content='b');"
-        " print(async_chat.IDL_PATH); print(async_chat.codec.COMPILED is not None)"
+        f"import sys; sys.path[:0] = [{str(site)!r}, {sysconfig.get_paths()['purelib']!r}];"
+        " import async_chat, async_chat.codec; m = async_chat.Message(sender='a', content='b');"
+        " print(async_chat.IDL_PATH); print(async_chat.codec.DECODER)"
     )
     done = subprocess.run(
-        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
+        [sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
     )
-    assert done.stdout.split() == [str(site / "async_chat" / "chat.thrift"), "True"]
+    expected = "compiled" if compiler == "cc" else "python"
+    assert done.stdout.split() == [str(site / "async_chat" / "chat.thrift"), expected]
