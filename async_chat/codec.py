@@ -132,6 +132,12 @@ class Codec:
         read it (not all there, not alone, not for cybin, or not valid: it will say which). `whole`: `data`
         is a frame, within the call-size limit, and holds one call, so no window or probe applies."""
         size = len(data)
+        compiled = self._compiled
+        if compiled is not None and (whole or size <= self._window):  # first: the busiest path
+            decoded = compiled(data if type(data) is bytes else bytes(data), self._args)
+            if decoded is not None:
+                api, seqid, args, used = decoded
+                return (Call(api, seqid, args), used) if not whole or used == size else None
         if size > self._window and not whole:
             return None
         if not self._fast:
@@ -140,11 +146,6 @@ class Codec:
                 return None  # not all there, not for the fast decoder, or a frame with more than its call
             api, seqid, args, used = decoded
             return Call(api, seqid, args), used
-        if self._compiled is not None:
-            compiled = self._compiled(data if type(data) is bytes else bytes(data), self._args)
-            if compiled is not None:
-                api, seqid, args, used = compiled
-                return (Call(api, seqid, args), used) if not whole or used == size else None
         if len(data.translate(None, _CONTAINER_TYPES)) != size:
             end = call_length(data)
             if end is None or (whole and end != size):

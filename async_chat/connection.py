@@ -58,6 +58,12 @@ class ConnectionState(enum.Enum):
     BUSY = "busy"  # a call is being answered: allowed to finish on shutdown
 
 
+# The states as plain globals for the per-call path: an enum member's lookup costs about 55 ns, a global's 15,
+# and a call took four.
+_PROXY, _HANDSHAKE, _IDLE, _BUSY = ConnectionState.PROXY, ConnectionState.HANDSHAKE, ConnectionState.IDLE, \
+    ConnectionState.BUSY
+
+
 class Connection(asyncio.Protocol):
     """The server's side of one client connection."""
 
@@ -156,18 +162,20 @@ class Connection(asyncio.Protocol):
             self._advance()
 
     def data_received(self, data: bytes) -> None:
-        if self.state is ConnectionState.PROXY:
+        if self.state is _PROXY:
             self._buffer += data
             self._read_proxy_header()
             return
-        if self.state is ConnectionState.HANDSHAKE:
+        if self.state is _HANDSHAKE:
             # asyncio hands us the first call through TLS before start_tls has returned the transport to
             # answer it on: keep it until then.
             self._buffer += data
             return
         buffer = self._buffer
-        if not buffer and not self._answering and self._waiter is None and self._codec is not None \
-                and not self._writing_paused and not self._closing and self._answer_whole(data):
+        # `_answering`, spelled out: this test runs on every call
+        if not buffer and self._task is None and self._parked is None and self._waiter is None \
+                and self._codec is not None and not self._writing_paused and not self._closing \
+                and self._answer_whole(data):
             return
         buffer += data
         waiter = self._waiter
@@ -223,7 +231,7 @@ class Connection(asyncio.Protocol):
             decoded = codec.decode(data)
             if decoded is None or decoded[1] != len(data):
                 return False
-        self.state = ConnectionState.BUSY
+        self.state = _BUSY
         try:
             self._answer(decoded[0], codec)
         except Exception as exc:
@@ -476,7 +484,7 @@ class Connection(asyncio.Protocol):
     def _replied(self, reply: bytes | None) -> None:
         self.calls += 1
         self.idle_since = time.monotonic()
-        self.state = ConnectionState.IDLE
+        self.state = _IDLE
         if reply is not None and not self._closing:
             transport = self._transport
             assert transport is not None

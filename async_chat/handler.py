@@ -82,18 +82,6 @@ class ChatHandler:
         """sendMessage's sender: the authenticated identity when authentication is on, else the message's."""
         return self._caller() if self._verifier is not None else None
 
-    def _spend(self) -> None:
-        """One publish from this connection's budget, or RATE_LIMITED (nothing is queued)."""
-        session = SESSION.get()
-        bucket = session.publishes if session is not None else None
-        if bucket is not None:
-            wait = bucket.take()
-            if wait:
-                raise RateLimited(
-                    f"this connection publishes faster than {bucket.rate:g}/s (bursts of {bucket.burst});"
-                    f" retry in {wait:.3f}s"
-                )
-
     async def subscribe(self, room: str | None, from_seq: int | None) -> Any:
         self._caller()
         from_seq = from_seq or 0
@@ -197,7 +185,15 @@ class ChatHandler:
         taken over rather than copied."""
         if message is None:
             raise InvalidRequest("message is required")
-        self._spend()
+        session = SESSION.get()
+        bucket = session.publishes if session is not None else None
+        if bucket is not None:  # one publish from this connection's budget, or RATE_LIMITED (nothing is queued)
+            wait = bucket.take()
+            if wait:
+                raise RateLimited(
+                    f"this connection publishes faster than {bucket.rate:g}/s (bursts of {bucket.burst});"
+                    f" retry in {wait:.3f}s"
+                )
         sender, content = identity or message.sender, message.content  # authenticated: the server says who
         if not isinstance(sender, str) or not sender:
             raise InvalidRequest("sender is required and must be a non-empty string")
@@ -228,6 +224,8 @@ class ChatHandler:
             raise InvalidRequest(f"{what} must be a string")
         if len(value) > self.settings.max_name_length:
             raise TooLarge(f"{what} is {len(value)} characters; the limit is {self.settings.max_name_length}")
+        if value.isascii() and value.isprintable():
+            return  # no control character, without the search (ASCII's printable ones are all allowed)
         control = CONTROL_CHARACTERS.search(value)
         if control is not None:  # a newline or an escape in a name would forge or garble every reader's line
             raise InvalidRequest(f"{what} must not contain control characters (it has U+{ord(control[0]):04X})")

@@ -56,6 +56,7 @@ class ChatProcessor:
                 result,
                 "success" not in fields,
                 "error" in fields,
+                bool(result.oneway),
             )
 
     async def answer(self, call: Call, codec: Codec) -> bytes | Parked | None:
@@ -90,25 +91,28 @@ class ChatProcessor:
         method = self._methods.get(call.api) if call.args is not None else None
         if method is None or method.now is None:
             return None
-        started = time.perf_counter() if self.metrics is not None else 0.0
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         api, seqid = call.api, call.seqid
         reply: bytes | None
+        take = method.args
         try:
-            value = context.run(_run, method.now, method, call.args)
+            if take is not None and method.single:  # both publishes: a frame fewer than `_run`, on the busiest path
+                value = context.run(method.now, take(call.args))
+            else:
+                value = context.run(_run, method.now, method, call.args)
         except Exception as exc:
             reply, outcome = self._refused(method, api, seqid, codec, exc)
         else:
             reply, outcome = self._returned(method, api, seqid, codec, value), "ok"
-        if self.metrics is not None:
-            self.metrics.observe(api, outcome, time.perf_counter() - started)
+        if metrics is not None:
+            metrics.observe(api, outcome, time.perf_counter() - started)
         return reply
 
     def _returned(self, method: _Method, api: str, seqid: int, codec: Codec, value: Any) -> bytes | None:
         """The reply of a call that returned `value`."""
-        if method.result.oneway:
-            return None
-        if method.void:
-            return codec.void_reply(api, seqid)
+        if method.void:  # oneway ones too, which have no reply
+            return None if method.oneway else codec.void_reply(api, seqid)
         if type(value) is Delivery:
             return self._encode(codec, api, seqid, value)
         return self._encode(codec, api, seqid, method.result(success=value))
@@ -166,6 +170,7 @@ class _Method(NamedTuple):
     """The `_result` struct's type."""
     void: bool
     declares_error: bool
+    oneway: bool
 
 
 def _run(run: Callable[..., T], method: _Method, args: Any) -> T:

@@ -175,6 +175,22 @@ async def test_retried_send_with_same_client_msg_id_is_stored_once(client: ChatC
     assert [m.content for m in await client.history("d", 0, 10)] == ["once", "mine"]
 
 
+async def test_every_control_character_in_a_name_is_refused_and_nothing_else_is(client: ChatClient) -> None:
+    """Names are checked for control characters without a search when they are printable ASCII: around
+    every boundary of that shortcut (ASCII's controls and DEL, C1, the line and paragraph separators), each
+    code point in a sender, a room and a client_msg_id is refused exactly when chat.thrift says so."""
+    controls = {*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029}
+    for code in [*range(0x100), 0x2027, 0x2028, 0x2029, 0x202A]:
+        name = f"a{chr(code)}b"
+        for message in (Message(sender=name, content="x"), Message(sender="s", content="x", room=name),
+                        Message(sender="s", content="x", room="names", client_msg_id=name)):
+            if code in controls:
+                with pytest.raises(InvalidRequest, match="control characters"):
+                    await client.publish(message)
+            else:
+                assert await client.publish(message) >= 1, (hex(code), message)
+
+
 async def test_invalid_messages_are_refused_with_a_reason(client: ChatClient) -> None:
     with pytest.raises(InvalidRequest, match="sender"):
         await client.publish(Message(sender="", content="x"))
