@@ -430,8 +430,7 @@ class Connection(asyncio.Protocol):
         processor = self._server.processor
         reply = processor.answer_now(call, codec, self._context)
         if reply is not None:
-            self._replied(reply)
-            return True
+            return self._finished(reply)
         return self._start(processor.answer(call, codec))
 
     def _start(self, answering: Coroutine[Any, Any, bytes | Parked | None]) -> bool:

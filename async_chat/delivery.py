@@ -82,3 +82,8 @@ class Parked:
 
     def _forget(self) -> None:
         """What the waiting's owner undoes when the poll is cancelled."""
+
+
+LATER: Any = object()
+"""What a synchronous form (`ChatHandler.at_once`) returns when it cannot answer without waiting: the
+call is answered by its coroutine instead, from the start (the form has changed nothing)."""

@@ -15,6 +15,7 @@ from typing import Any
 from . import auth
 from .brokers import redact
 from .contract import CONTROL_CHARACTERS, DEFAULT_ROOM, ServerStats
+from .delivery import LATER
 from .errors import InvalidRequest, RateLimited, TooLarge, Unauthorized
 from .hub import Hub
 from .session import SESSION
@@ -64,13 +65,14 @@ class ChatHandler:
         return await self.hub.publish(self._accept(message, self._caller()))
 
     def at_once(self) -> dict[str, Callable[..., Any]]:
-        """The methods with a synchronous form, by IDL name: the two publishes, when the broker stores
-        without waiting. A call to one is answered with no coroutine at all (processor.py), which gave a
-        void sendMessage 9-12 % more calls/s. The other methods may wait (a poll, a replay, a broker round
-        trip)."""
-        if not self.hub.broker.stores_at_once:
-            return {}
-        return {"sendMessage": self._send_now, "publish": self._publish_now}
+        """The methods with a synchronous form, by IDL name: a poll (which returns `LATER` when it must
+        await the broker or its turn), and the two publishes when the broker stores without waiting. A call
+        to one is answered with no coroutine at all (processor.py), which gave a void sendMessage 9-12 %
+        more calls/s. The other methods may wait (a replay, a broker round trip)."""
+        forms: dict[str, Callable[..., Any]] = {"poll": self._poll_now}
+        if self.hub.broker.stores_at_once:
+            forms |= {"sendMessage": self._send_now, "publish": self._publish_now}
+        return forms
 
     def _send_now(self, message: Any) -> None:
         self.hub.publish_now(self._accept(message, self._classic_sender()))
@@ -107,6 +109,33 @@ class ChatHandler:
         from_seq: int | None = None,
         linger_ms: int | None = None,
     ) -> Any:
+        terms = self._poll_terms(subscription_id, max_messages, wait_ms, from_seq, linger_ms)
+        answer = self.hub.poll_now(*terms)  # most polls: answered, or parked to wait with no task (delivery.py)
+        if answer is None:
+            answer = await self.hub.poll_later(*terms[:4])
+        return answer
+
+    def _poll_now(
+        self,
+        subscription_id: str | None,
+        max_messages: int | None,
+        wait_ms: int | None,
+        from_seq: int | None = None,
+        linger_ms: int | None = None,
+    ) -> Any:
+        """`poll` with no coroutine: `LATER` when it must await the broker's history or its turn."""
+        answer = self.hub.poll_now(*self._poll_terms(subscription_id, max_messages, wait_ms, from_seq, linger_ms))
+        return LATER if answer is None else answer
+
+    def _poll_terms(
+        self,
+        subscription_id: str | None,
+        max_messages: int | None,
+        wait_ms: int | None,
+        from_seq: int | None,
+        linger_ms: int | None,
+    ) -> tuple[str, int, float, int, float]:
+        """A poll's arguments checked, and within the server's limits, as the hub takes them."""
         self._caller()
         if not subscription_id:
             raise InvalidRequest("subscription_id is required")
@@ -119,13 +148,9 @@ class ChatHandler:
         if linger_ms is not None and linger_ms < 0:
             raise InvalidRequest(f"linger_ms must be 0 (answer at once) or more, not {linger_ms}")
         limits = self.settings
-        max_messages, wait = min(max_messages, limits.max_poll_messages), min(wait_ms, limits.max_poll_wait_ms) / 1000
-        linger = min(linger_ms or 0, limits.max_poll_wait_ms) / 1000
-        # Most polls are answered, or parked to wait with no task, right here (delivery.py).
-        answer = self.hub.poll_now(subscription_id, max_messages, wait, from_seq or 0, linger)
-        if answer is None:
-            answer = await self.hub.poll_later(subscription_id, max_messages, wait, from_seq or 0)
-        return answer
+        return (subscription_id, min(max_messages, limits.max_poll_messages),
+                min(wait_ms, limits.max_poll_wait_ms) / 1000, from_seq or 0,
+                min(linger_ms or 0, limits.max_poll_wait_ms) / 1000)
 
     async def unsubscribe(self, subscription_id: str | None) -> None:
         self._caller()

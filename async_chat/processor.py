@@ -7,9 +7,10 @@ the connection with no reply at all. Here every call gets an answer:
   -> a TApplicationException whose message is "CODE: reason";
 - anything unexpected -> logged with its traceback, answered with TApplicationException INTERNAL_ERROR.
 The connection lives on in every case. Decoding is the codec's (codec.py); an answer comes back as the
-reply's bytes, encoded by the caller's codec, so that the connection writes it in one piece. A method the
-handler can answer without waiting (a publish to the memory broker) is also answered without a coroutine
-(`answer_now`): on a void `sendMessage`, the coroutines and their eager start are a tenth of its Python.
+reply's bytes, encoded by the caller's codec, so that the connection writes it in one piece. A call the
+handler can answer without waiting (a publish to the memory broker; a poll that finds messages or parks) is
+also answered without a coroutine (`answer_now`): on a void `sendMessage`, the coroutines and their eager
+start are a tenth of its Python, on a poll answered at once 0.4 µs of 5.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from thriftpy2.thrift import TApplicationException
 
 from .contract import WireChatError
-from .delivery import Delivery, Parked
+from .delivery import LATER, Delivery, Parked
 from .errors import ChatError
 
 if TYPE_CHECKING:
@@ -76,18 +77,17 @@ class ChatProcessor:
             except Exception as exc:
                 reply, outcome = self._refused(method, api, seqid, codec, exc)
             else:
-                if isinstance(value, Parked):  # a poll that waits with no task: answered by callback
-                    value.encode = partial(self._answer_parked, codec, api, seqid, started)
-                    return value
+                if isinstance(value, Parked):
+                    return self._parked(value, codec, api, seqid, started)
                 reply, outcome = self._returned(method, api, seqid, codec, value), "ok"
         if self.metrics is not None:
             self.metrics.observe(api, outcome, time.perf_counter() - started)
         return reply
 
-    def answer_now(self, call: Call, codec: Codec, context: contextvars.Context) -> bytes | None:
-        """`call`'s reply, when its method has a synchronous form (`at_once` on the handler), run in the
-        connection's `context`; else None, and nothing is done: `answer` it. Skips the coroutines, the eager
-        start and the awaits of `answer`; a call without such a form (a poll) costs a lookup."""
+    def answer_now(self, call: Call, codec: Codec, context: contextvars.Context) -> bytes | Parked | None:
+        """`answer`, when `call`'s method has a synchronous form (`at_once` on the handler) and it needs no
+        await: run in the connection's `context`. Else None, and nothing is done: `answer` it. Skips the
+        coroutines, the eager start and the awaits of `answer`: the publishes, and most polls."""
         method = self._methods.get(call.api) if call.args is not None else None
         if method is None or method.now is None:
             return None
@@ -104,6 +104,10 @@ class ChatProcessor:
         except Exception as exc:
             reply, outcome = self._refused(method, api, seqid, codec, exc)
         else:
+            if value is LATER:
+                return None  # it must await something: the coroutine answers it, from the start
+            if isinstance(value, Parked):
+                return self._parked(value, codec, api, seqid, started)
             reply, outcome = self._returned(method, api, seqid, codec, value), "ok"
         if metrics is not None:
             metrics.observe(api, outcome, time.perf_counter() - started)
@@ -130,6 +134,11 @@ class ChatProcessor:
         # sendMessage and unsubscribe declare none: classic clients see an application error
         refusal = TApplicationException(TApplicationException.UNKNOWN, str(exc))
         return codec.exception(api, seqid, refusal), exc.code.name.lower()
+
+    def _parked(self, parked: Parked, codec: Codec, api: str, seqid: int, started: float) -> Parked:
+        """A poll that waits with no task: its reply is encoded when the hub answers it, by callback."""
+        parked.encode = partial(self._answer_parked, codec, api, seqid, started)
+        return parked
 
     def _answer_parked(self, codec: Codec, api: str, seqid: int, started: float, delivery: Delivery) -> bytes:
         reply = self._encode(codec, api, seqid, delivery)
