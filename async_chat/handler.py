@@ -115,16 +115,10 @@ class ChatHandler:
             answer = await self.hub.poll_later(*terms[:4])
         return answer
 
-    def _poll_now(
-        self,
-        subscription_id: str | None,
-        max_messages: int | None,
-        wait_ms: int | None,
-        from_seq: int | None = None,
-        linger_ms: int | None = None,
-    ) -> Any:
-        """`poll` with no coroutine: `LATER` when it must await the broker's history or its turn."""
-        answer = self.hub.poll_now(*self._poll_terms(subscription_id, max_messages, wait_ms, from_seq, linger_ms))
+    def _poll_now(self, *args: Any) -> Any:
+        """`poll` (the same arguments) with no coroutine: `LATER` when it must await the broker's history or
+        its turn."""
+        answer = self.hub.poll_now(*self._poll_terms(*args))
         return LATER if answer is None else answer
 
     def _poll_terms(
