@@ -90,6 +90,29 @@ async def test_metrics_after_traffic_show_the_counts_it_implies(server: ServerPr
     assert not [name for name, labels in m if any(k == "room" for k, _v in labels)]  # no per-room label
 
 
+async def test_a_poll_is_counted_once_whichever_way_it_is_answered(server: ServerProcess) -> None:
+    """A poll is answered at once, or parked until a message comes (both with no coroutine), or, when it must
+    replay history, declined by the synchronous form and answered by its coroutine: one call each."""
+    port = metrics_port(server)
+    async with ChatClient(LOOPBACK, server.port) as client, ChatClient(LOOPBACK, server.port) as publisher:
+        await publisher.publish(Message(sender="s", content="old", room="counted"))
+        replaying = await client.create_subscription("counted", 1)
+        assert [m.content for m in (await client.poll(replaying.subscription_id, 10, 0)).messages] == ["old"]
+        live = await client.create_subscription("counted", 0)
+        parked = asyncio.create_task(client.poll(live.subscription_id, 10, 10_000))
+        async with asyncio.timeout(10):
+            # The gauge is the only sign, outside the server's process, that the poll has parked.
+            while (await scrape(port))[("async_chat_polls_waiting", ())] != 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await publisher.publish(Message(sender="s", content="new", room="counted"))
+        assert [m.content for m in (await parked).messages] == ["new"]
+        assert [m.content for m in (await client.poll(replaying.subscription_id, 10, 0)).messages] == ["new"]
+    m = await scrape(port)
+    assert m[("async_chat_calls_total", (("method", "poll"), ("outcome", "ok")))] == 3
+    assert m[("async_chat_call_duration_seconds_count", (("method", "poll"),))] == 3
+    assert m[("async_chat_polls_waiting", ())] == 0
+
+
 async def test_the_endpoint_answers_health_and_refuses_what_it_does_not_serve(server: ServerProcess) -> None:
     port = metrics_port(server)
     assert await http_get(port, "/healthz") == (200, "ok\n")
