@@ -99,13 +99,14 @@ async def test_a_poll_is_counted_once_whichever_way_it_is_answered(server: Serve
         replaying = await client.create_subscription("counted", 1)
         assert [m.content for m in (await client.poll(replaying.subscription_id, 10, 0)).messages] == ["old"]
         live = await client.create_subscription("counted", 0)
-        parked = asyncio.create_task(client.poll(live.subscription_id, 10, 10_000))
-        async with asyncio.timeout(10):
-            # The gauge is the only sign, outside the server's process, that the poll has parked.
-            while (await scrape(port))[("async_chat_polls_waiting", ())] != 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-        await publisher.publish(Message(sender="s", content="new", room="counted"))
-        assert [m.content for m in (await parked).messages] == ["new"]
+        async with asyncio.TaskGroup() as group:  # owns the parked poll, cancelled if anything here fails
+            parked = group.create_task(client.poll(live.subscription_id, 10, 10_000))
+            async with asyncio.timeout(10):
+                # The gauge is the only sign, outside the server's process, that the poll has parked.
+                while (await scrape(port))[("async_chat_polls_waiting", ())] != 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            await publisher.publish(Message(sender="s", content="new", room="counted"))
+        assert [m.content for m in parked.result().messages] == ["new"]
         assert [m.content for m in (await client.poll(replaying.subscription_id, 10, 0)).messages] == ["new"]
     m = await scrape(port)
     assert m[("async_chat_calls_total", (("method", "poll"), ("outcome", "ok")))] == 3
