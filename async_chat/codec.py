@@ -132,14 +132,14 @@ class Codec:
         read it (not all there, not alone, not for cybin, or not valid: it will say which). `whole`: `data`
         is a frame, within the call-size limit, and holds one call, so no window or probe applies."""
         size = len(data)
+        if size > self._window and not whole:
+            return None
         compiled = self._compiled
-        if compiled is not None and (whole or size <= self._window):  # first: the busiest path
+        if compiled is not None:  # before the protocol's test: the busiest path (only binary has one)
             decoded = compiled(data if type(data) is bytes else bytes(data), self._args)
             if decoded is not None:
                 api, seqid, args, used = decoded
                 return (Call(api, seqid, args), used) if not whole or used == size else None
-        if size > self._window and not whole:
-            return None
         if not self._fast:
             decoded = compact.decode_call(data if type(data) is bytes else bytes(data), self._args)
             if decoded is None or (whole and decoded[3] != size):
