@@ -18,7 +18,7 @@ BROKER ?= sqlite:///chat.db
 run: $(VENV)/.server
 	$(BIN)/python -m async_chat.server --broker '$(BROKER)' $(ARGS)
 
-test: system-deps $(VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed lint typecheck pytest
+test: system-deps $(VENV)/.installed $(NODE_EXAMPLE)/node_modules/.installed lint typecheck pytest pytest-pure
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -28,6 +28,10 @@ typecheck: $(VENV)/.installed
 
 pytest: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
+
+# The same suite against the pure-Python fallback: the package as it runs where nothing could be compiled.
+pytest-pure: $(VENV)/.installed
+	ASYNC_CHAT_PURE_PYTHON=1 $(BIN)/python -m pytest $(ARGS)
 
 # The benchmark harness (minutes; needs redis-server): every scenario, figures to benchmarks/results/.
 bench: system-deps $(VENV)/.installed
@@ -44,18 +48,25 @@ stress: system-deps $(VENV)/.installed
 	$(BIN)/python -m tests.stress --seconds $(SECONDS)
 
 # What `make run` needs: the package and its own dependencies (a small venv). The tests' tools (mypy,
-# ruff, matplotlib, redis-py, …) come with `make test`, into the same venv.
-$(VENV)/.server: pyproject.toml setup.py async_chat/_binary_call.pyx
+# ruff, matplotlib, redis-py, …) come with `make test`, into the same venv. The install compiles the
+# package's core (setup.py) in place, so a change to one of the compiled modules' sources installs again:
+# else the stale compiled module would run instead of the changed .py (the tests refuse to, conftest.py).
+BUILT := pyproject.toml setup.py async_chat/_binary_call.pyx $(shell grep -o '"async_chat/[a-z_/]*\.py"' setup.py | tr -d '"')
+
+$(VENV)/.made:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "async_chat needs Python >= 3.11; set PYTHON=python3.11 or newer")'
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "$(PYTHON) cannot make a virtualenv: install Debian's python3-venv (apt-get install python3-venv) and rerun" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	touch $@
+
+$(VENV)/.server: $(VENV)/.made $(BUILT)
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.server
+$(VENV)/.installed: $(VENV)/.made $(BUILT)
 	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	touch $@ $(VENV)/.server
 
 # System tools the tests drive for real: Apache Thrift's compiler (code generated for Python and Node),
 # Node.js with npm (the Node client), redis-server (the Redis broker; the tests start their own) and

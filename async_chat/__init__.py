@@ -9,6 +9,8 @@ import importlib
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from . import build  # noqa: F401  # first: which build the other modules load from (build.py)
+
 try:
     __version__ = metadata.version("async-chat")
 except metadata.PackageNotFoundError:  # a source tree that was never installed

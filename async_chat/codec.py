@@ -29,7 +29,6 @@ against the call's byte budget before anything is read, and with the zero-width 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,7 +39,7 @@ from thriftpy2.thrift import TApplicationException, TMessageType, TType
 from thriftpy2.transport.buffered.cybuffered import TCyBufferedTransport  # type: ignore[import-not-found]
 from thriftpy2.transport.memory.cymemory import TCyMemoryBuffer  # type: ignore[import-not-found]
 
-from . import compact, wire
+from . import build, compact, wire
 from .delivery import Delivery
 
 DecodeCall = Callable[[bytes, dict[str, Any]], tuple[str, int, Any, int] | None]
@@ -50,10 +49,10 @@ try:
     from ._binary_call import decode_call as COMPILED
 except ImportError:  # not built (no Cython or no C compiler at install): cybin, through Python
     COMPILED = None
-if os.environ.get("ASYNC_CHAT_PURE_PYTHON"):
+if build.PURE:
     COMPILED = None
 """The compiled binary decoder (_binary_call.pyx), if it is built and not turned off by setting
-ASYNC_CHAT_PURE_PYTHON; what it does not take, the pure-Python path does."""
+ASYNC_CHAT_PURE_PYTHON (build.py); what it does not take, the pure-Python path does."""
 DECODER = "compiled" if COMPILED is not None else "python"
 """Which decoder binary calls get, as the server's start-up line and the benchmark results name it."""
 

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from anyio.abc import AsyncResource
 
-from . import auth, logs, wire
+from . import auth, build, logs, wire
 from . import settings as settings_module
 from .brokers import open_broker, redact
 from .codec import DECODER, Codec
@@ -183,8 +183,8 @@ class ChatServer(AsyncResource):
             )
         logger.info(
             "async_chat listening on %s transport=%s protocol=%s tls=%s auth=%s broker=%s history=%d queue_size=%d"
-            " decoder=%s", self.address, s.transport, s.protocol, _tls_mode(s), "on" if verifier else "off",
-            redact(s.broker), s.history, s.queue_size, DECODER,
+            " decoder=%s core=%s", self.address, s.transport, s.protocol, _tls_mode(s), "on" if verifier else "off",
+            redact(s.broker), s.history, s.queue_size, DECODER, build.core(),
             extra={"event": "started", "address": self.address, "broker": redact(s.broker)},
         )
 

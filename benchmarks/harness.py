@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from async_chat import build
 from async_chat.codec import DECODER
 
 
@@ -56,6 +57,7 @@ def machine() -> dict[str, Any]:
         "versions": versions,
         "redis_server": redis_version,
         "decoder": DECODER,  # what the servers run (the same package)
+        "core": build.core(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 

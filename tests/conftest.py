@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from async_chat import ChatClient, ChatServer, Settings
+from async_chat import ChatClient, ChatServer, Settings, build
 
 LOOPBACK = "127.0.0.1"
 CLASSIC_IDL = """
@@ -24,6 +24,13 @@ service ChatService {
 }
 """
 """The article's contract, as old clients were generated from it."""
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test compiled modules older than their sources: the old code would run, not the .py."""
+    if not build.PURE and (stale := build.stale()):
+        pytest.exit(f"{', '.join(stale)} changed since the package was compiled: install it again (`make pytest`"
+                    " does), or test the .py files with ASYNC_CHAT_PURE_PYTHON=1", returncode=2)
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

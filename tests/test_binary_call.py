@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import shutil
 import sysconfig
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from thriftpy2.protocol.binary import TBinaryProtocol  # the pure-Python ones, n
 from thriftpy2.thrift import TMessageType, TType
 from thriftpy2.transport.memory import TMemoryBuffer
 
+from async_chat import build
 from async_chat import codec as codec_module
 from async_chat.contract import ChatService, Message
 from benchmarks.processes import start_server
@@ -143,19 +145,23 @@ def test_damaged_calls_are_decoded_as_thriftpy2_decodes_them_or_left_alone(
         assert got == reference(bytes(data))
 
 
-def test_the_decoder_is_built_wherever_there_is_a_c_compiler() -> None:
+def test_the_package_is_compiled_wherever_there_is_a_c_compiler_and_runs_as_the_environment_says() -> None:
+    """Built: the decoder and the core (setup.py). Run: compiled, or all pure Python where
+    ASYNC_CHAT_PURE_PYTHON is set, as `make test` runs the suite a second time (build.py)."""
     compiler = str(sysconfig.get_config_var("CC") or "cc").split()[0]
     assert shutil.which(compiler), f"no C compiler ({compiler}) here: the package is pure Python"
     assert compiled().decode_call(PLAIN, ARGS) is not None
-    if codec_module.COMPILED is None:
-        pytest.fail("ASYNC_CHAT_PURE_PYTHON is set: the suite would test only the pure path")
+    assert list(Path(build.__file__).parent.glob("hub.*.so")), "the core was not compiled (setup.py)"
+    expected = "python" if build.PURE else "compiled"
+    assert (codec_module.DECODER, build.core()) == (expected, expected)
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure"])
-async def test_a_server_answers_binary_calls_with_either_decoder(pure: bool) -> None:
-    server = await start_server(env={"ASYNC_CHAT_PURE_PYTHON": "1"} if pure else {})
+async def test_a_server_answers_binary_calls_either_build(pure: bool) -> None:
+    server = await start_server(env={"ASYNC_CHAT_PURE_PYTHON": "1" if pure else "0"})
     try:
-        assert f"decoder={'python' if pure else 'compiled'}" in server.log[-1]
+        build_name = "python" if pure else "compiled"
+        assert f"decoder={build_name} core={build_name}" in server.log[-1]
         async with raw_connection(server.port) as conn:  # thriftpy2's client: buffered, strict binary
             for n in range(3):
                 assert await conn.client.sendMessage(Message(sender="ann", content=f"m{n}")) is None

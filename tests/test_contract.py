@@ -67,13 +67,14 @@ async def test_classic_thriftpy2_client_sends_and_subscribers_get_seqs(server: C
     ]
 
 
+@pytest.mark.timeout(600)  # mypyc compiles the core: a minute or two
 @pytest.mark.parametrize("compiler", ["cc", "none"])
 def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_checkout(
     tmp_path: Path, compiler: str
 ) -> None:
     """As a user's pip would: the sdist first (it must hold every source, the compiled decoder's included),
-    then the wheel from it; with a C compiler the wheel carries the compiled decoder, and with none (one
-    that fails) it still builds, as pure Python, and says so. The sdist is made from the files git would
+    then the wheel from it; with a C compiler the wheel carries the compiled decoder and core, and with none
+    (one that fails) it still builds, as pure Python, and says so. The sdist is made from the files git would
     commit, as on a fresh clone: a working tree's build leftovers (an egg-info's list of sources) could
     make up for a missing one."""
     source = tmp_path / "source"
@@ -90,9 +91,11 @@ def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_chec
         check=True, timeout=300, capture_output=True,
     )
     [sdist] = (tmp_path / "sdist").glob("async_chat-*.tar.gz")
+    # As a user's environment is: the suite's second run sets ASYNC_CHAT_PURE_PYTHON, which a build obeys too.
+    environment = {**os.environ, "ASYNC_CHAT_PURE_PYTHON": "0"}
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(sdist)],
-        check=True, timeout=300, env={**os.environ, **({"CC": "/bin/false"} if compiler == "none" else {})},
+        check=True, timeout=300, env={**environment, **({"CC": "/bin/false"} if compiler == "none" else {})},
     )
     [wheel] = (tmp_path / "dist").glob("async_chat-*.whl")
     site = tmp_path / "site"
@@ -100,18 +103,21 @@ def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_chec
         assert archive.read("async_chat/chat.thrift") == (ROOT / "chat.thrift").read_bytes()
         assert "async_chat/py.typed" in archive.namelist()
         names = archive.namelist()
-        compiled = any(name.startswith("async_chat/_binary_call.") and name.endswith(".so") for name in names)
-        assert compiled == (compiler == "cc")
+        built = {name.split(".")[0] for name in names if name.endswith(".so")}
+        # the decoder (Cython), and mypyc's core: its shared library, and one module of it per compiled .py
+        core = {"async_chat/_binary_call", "async_chat/_core__mypyc", "async_chat/hub", "async_chat/brokers/memory"}
+        assert core <= built if compiler == "cc" else not built, sorted(built)
         archive.extractall(site)
     # The wheel's package, and the dependencies beside it, but not the checkout: -S skips the .pth files,
     # and with them the editable install's finder, which would find the checkout's compiled module.
     probe = (
         f"import sys; sys.path[:0] = [{str(site)!r}, {sysconfig.get_paths()['purelib']!r}];"
         " import async_chat, async_chat.codec; m = async_chat.Message(sender='a', content='b');"
-        " print(async_chat.IDL_PATH); print(async_chat.codec.DECODER)"
+        " print(async_chat.IDL_PATH); print(async_chat.codec.DECODER); print(async_chat.build.core())"
     )
     done = subprocess.run(
         [sys.executable, "-I", "-S", "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True,
+        env=environment,
     )
     expected = "compiled" if compiler == "cc" else "python"
-    assert done.stdout.split() == [str(site / "async_chat" / "chat.thrift"), expected]
+    assert done.stdout.split() == [str(site / "async_chat" / "chat.thrift"), expected, expected]

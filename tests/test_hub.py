@@ -430,8 +430,14 @@ def answered(answer: Delivery | Parked | None) -> asyncio.Future[Delivery]:
     would encode it and its connection write it."""
     assert isinstance(answer, Parked)
     got: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-    answer.encode = lambda delivery: delivery  # type: ignore[assignment,return-value]
-    answer.deliver = got.set_result  # type: ignore[assignment]
+    encoded: list[Delivery] = []
+
+    def encode(delivery: Delivery) -> bytes:
+        encoded.append(delivery)
+        return b""  # bytes, as a reply is: a compiled hub checks what `encode` returns
+
+    answer.encode = encode
+    answer.deliver = lambda _reply: got.set_result(encoded[0])
     return got
 
 
