@@ -73,13 +73,21 @@ class Source(Protocol):
     async def read(self, size: int) -> bytes: ...
 
 
-@dataclass(slots=True)
 class Call:
-    """One decoded call; `args` is None for a method the service does not have."""
+    """One decoded call; `args` is None for a method the service does not have.
 
-    api: str
-    seqid: int
-    args: Any
+    A plain class, not a dataclass: compiled (setup.py), its __init__ is C, where a dataclass's stays the
+    Python one `dataclasses` writes, a Python frame on every call."""
+
+    __slots__ = ("api", "args", "seqid")
+
+    def __init__(self, api: str, seqid: int, args: Any) -> None:
+        self.api = api
+        self.seqid = seqid
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"Call({self.api!r}, {self.seqid}, {self.args!r})"
 
 
 @dataclass(slots=True)

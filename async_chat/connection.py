@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         """Bytes the call being streamed may still take."""
         self.skips = wire.SkipBudget()
         """Values of unknown fields the call being streamed may still make the decoder skip."""
+        self._processor = server.processor
         self._call_limit = server.settings.max_call_bytes
         self._unsent_limit = server.settings.max_reply_bytes + WRITE_HIGH_WATER
         """No reply is larger than --max-reply-bytes and none is written while writing is paused, so only a
@@ -392,7 +393,7 @@ class Connection(asyncio.Protocol):
     async def _stream_call(self, codec: Codec) -> bytes | Parked | None:
         call = await codec.read_call(self)
         self.state = ConnectionState.BUSY
-        return await self._server.processor.answer(call, codec)
+        return await self._processor.answer(call, codec)
 
     async def read(self, size: int) -> bytes:
         """Exactly `size` bytes of the call being streamed, within its budget (the codec's `Source`).
@@ -427,7 +428,7 @@ class Connection(asyncio.Protocol):
 
     def _answer(self, call: Call, codec: Codec) -> bool:
         """Answer a decoded call: at once when its method has a synchronous form, else as `_start` says."""
-        processor = self._server.processor
+        processor = self._processor
         reply = processor.answer_now(call, codec, self._context)
         if reply is not None:
             return self._finished(reply)
