@@ -4,8 +4,8 @@
 - The modules every call and every fan-out runs through (COMPILED), compiled by mypyc from their own .py
   files, which stay the one source and the reference. Their strict type hints are what mypyc compiles
   to C: attribute reads of our classes become struct reads, calls between them C calls. In-process it
-  took a void sendMessage's Python from 3.4-3.7 us to 2.5-2.8 and a fan-out's poll cycle from 12-14 us to
-  5.5-6.5 (README, "Results").
+  took a void sendMessage's Python from 3.4-3.7 us to 2.4-2.7 and a fan-out's poll cycle from 12-14 us to
+  5.5-6.5 (README, "How a message flows").
 
 Everything else is in pyproject.toml. Without Cython, mypy or a C compiler, or with ASYNC_CHAT_PURE_PYTHON=1
 in the environment, the package installs all the same and runs as pure Python, a little slower; the server
