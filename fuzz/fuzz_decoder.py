@@ -3,7 +3,9 @@
 It feeds the bytes to the server's own `Connection` (connection.py), as the event loop would: dialect
 detection (`wire.detect`), frames, the call-size budget, the fast decoders (the compiled one when it is
 built, cybin, compact.py) and the streaming decode (codec.py), for every call in the input. Calls are
-decoded, not run: the server it is given answers none.
+decoded and dispatched by the server's own processor to a handler that does nothing, so each is answered
+empty. It runs the package as installed: compiled where the core was compiled, which atheris cannot
+instrument; ASYNC_CHAT_PURE_PYTHON=1 runs the .py files, whose coverage guides the fuzzer.
 A connection the server would close with one log line is an expected outcome; an exception escaping,
 a hang (-timeout), memory past -rss_limit_mb, or an input that holds the loop longer than its budget
 (TIME_BUDGET: a fixed part, plus a part per MiB) is a finding.
@@ -26,10 +28,11 @@ import atheris
 
 with atheris.instrument_imports():
     from async_chat import wire
-    from async_chat.codec import Call, Codec
+    from async_chat.codec import Codec
     from async_chat.connection import Connection
     from async_chat.contract import ChatService, Message
     from async_chat.logs import Episodes
+    from async_chat.processor import ChatProcessor
     from async_chat.session import Session
     from async_chat.settings import Settings
 
@@ -41,18 +44,34 @@ skip took. CPU time of this process, not wall time: a machine busy with other wo
 216 calls (19 ms of CPU) look like a finding at 0.3 s of wall time."""
 
 
+class _Handler:
+    """Every method of the service, doing nothing (none has a synchronous form)."""
+
+    def at_once(self) -> dict[str, Any]:
+        return {}
+
+    def __getattr__(self, api: str) -> Any:
+        if api.startswith("_"):
+            raise AttributeError(api)
+        return _nothing
+
+
+async def _nothing(*args: Any) -> None:
+    return None
+
+
 class _Server:
-    """What a Connection asks of its server, minus the answering: every call is decoded and dropped."""
+    """What a Connection asks of its server: the processor is the real one, over a handler that does nothing."""
 
     settings = Settings(max_call_bytes=65536, max_content_bytes=1024)
     serving = True
     tls = None
     episodes = Episodes(quiet=0.0)
     eager = True
-    oversized_total = unreadable_total = refused_total = decoded = 0
+    oversized_total = unreadable_total = refused_total = 0
 
     def __init__(self) -> None:
-        self.processor = self
+        self.processor = ChatProcessor(ChatService, _Handler())
         self._codecs: dict[tuple[str, bool], Codec] = {}
 
     def admit(self, conn: Connection) -> bool:
@@ -75,13 +94,6 @@ class _Server:
 
     def track(self, task: asyncio.Task[Any]) -> None:
         pass
-
-    def answer_now(self, call: Call, codec: Codec, context: Any) -> bytes | None:
-        return None  # not answered here: `answer` counts it
-
-    async def answer(self, call: Call, codec: Codec) -> bytes | None:
-        self.decoded += 1
-        return None
 
 
 class _Transport:
