@@ -61,10 +61,12 @@ $(VENV)/.made:
 	touch $@
 
 $(VENV)/.server: $(VENV)/.made $(BUILT)
+	@echo "installing async_chat into $(VENV), compiling its core with mypyc where it can (about a minute)"
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.made $(BUILT)
+	@echo "installing async_chat and its test tools into $(VENV), compiling its core with mypyc where it can (about a minute)"
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@ $(VENV)/.server
 
