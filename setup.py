@@ -1,4 +1,4 @@
-"""The compiled modules: built when they can be, skipped when they cannot, and never different in behaviour.
+"""The compiled modules: built when they can be, skipped when they cannot, from the same code either way.
 
 - async_chat/_binary_call.pyx (Cython): a binary call decoded in C, in one pass over its bytes.
 - The modules every call and every fan-out runs through (COMPILED), compiled by mypyc from their own .py
@@ -8,8 +8,10 @@
   5.5-6.5 (README, "How a message flows").
 
 Everything else is in pyproject.toml. Without Cython, mypy or a C compiler, or with ASYNC_CHAT_PURE_PYTHON=1
-in the environment, the package installs all the same and runs as pure Python, a little slower; the server
-says which as it starts (`build=`). The tests run against both builds (Makefile).
+in the environment, the package installs all the same and runs as pure Python, slower; the server says which
+as it starts (`decoder=` and `core=`, async_chat/build.py). The tests run against both builds (Makefile). A
+compiled module also checks at run time the types its hints declare: a value of another type is a TypeError
+there (the suite, which passes on both, is what holds the hints to the truth).
 """
 
 import os
