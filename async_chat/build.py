@@ -46,13 +46,12 @@ def core() -> str:
     return "python" if (hub.__file__ or "").endswith(".py") else "compiled"
 
 
-def stale() -> list[str]:
-    """The compiled modules whose .py changed after they were built: those would run, not the .py (an
-    editable install compiles in place; installing again rebuilds them)."""
-    here = Path(__file__).parent
+def stale(package: Path = Path(__file__).parent) -> list[str]:
+    """The compiled modules of `package` whose .py changed after they were built: those would run, not the
+    .py (an editable install compiles in place; installing again rebuilds them)."""
     return sorted(
-        str(source.relative_to(here.parent))
-        for built in here.rglob("*.so")
+        str(source.relative_to(package.parent))
+        for built in package.rglob("*.so")
         if (source := built.with_name(built.name.partition(".")[0] + ".py")).is_file()
         and source.stat().st_mtime > built.stat().st_mtime
     )

@@ -8,6 +8,7 @@ build that silently left it out would cost every binary call its speed, so the s
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import sysconfig
 from pathlib import Path
@@ -154,6 +155,23 @@ def test_the_package_is_compiled_wherever_there_is_a_c_compiler_and_runs_as_the_
     assert list(Path(build.__file__).parent.glob("hub.*.so")), "the core was not compiled (setup.py)"
     expected = "python" if build.PURE else "compiled"
     assert (codec_module.DECODER, build.core()) == (expected, expected)
+
+
+def test_a_compiled_module_older_than_its_source_is_named_stale(tmp_path: Path) -> None:
+    """What makes the suite refuse to start (conftest.py): a .py edited after its module was compiled. A
+    compiled module without a .py (the decoder, mypyc's shared library) is never stale."""
+    package = tmp_path / "async_chat"
+    (package / "brokers").mkdir(parents=True)
+    suffix = ".cpython-311-x86_64-linux-gnu.so"
+    for name in ("hub", "codec", "brokers/memory"):
+        (package / f"{name}.py").write_text("")
+        (package / f"{name}{suffix}").write_bytes(b"")
+    (package / f"_binary_call{suffix}").write_bytes(b"")
+    assert build.stale(package) == []
+    for name in ("hub", "brokers/memory"):
+        built = (package / f"{name}{suffix}").stat().st_mtime
+        os.utime(package / f"{name}.py", (built + 1, built + 1))
+    assert build.stale(package) == ["async_chat/brokers/memory.py", "async_chat/hub.py"]
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["compiled", "pure"])

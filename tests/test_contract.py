@@ -68,13 +68,14 @@ async def test_classic_thriftpy2_client_sends_and_subscribers_get_seqs(server: C
 
 
 @pytest.mark.timeout(600)  # mypyc compiles the core: a minute or two
-@pytest.mark.parametrize("compiler", ["cc", "none"])
+@pytest.mark.parametrize("compiler", ["cc", "none", "declined"])
 def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_checkout(
     tmp_path: Path, compiler: str
 ) -> None:
     """As a user's pip would: the sdist first (it must hold every source, the compiled decoder's included),
     then the wheel from it; with a C compiler the wheel carries the compiled decoder and core, and with none
-    (one that fails) it still builds, as pure Python, and says so. The sdist is made from the files git would
+    (one that fails), or with ASYNC_CHAT_PURE_PYTHON=1 set for the build, it still builds, as pure Python,
+    and says so. The sdist is made from the files git would
     commit, as on a fresh clone: a working tree's build leftovers (an egg-info's list of sources) could
     make up for a missing one."""
     source = tmp_path / "source"
@@ -93,9 +94,10 @@ def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_chec
     [sdist] = (tmp_path / "sdist").glob("async_chat-*.tar.gz")
     # As a user's environment is: the suite's second run sets ASYNC_CHAT_PURE_PYTHON, which a build obeys too.
     environment = {**os.environ, "ASYNC_CHAT_PURE_PYTHON": "0"}
+    building = {"cc": {}, "none": {"CC": "/bin/false"}, "declined": {"ASYNC_CHAT_PURE_PYTHON": "1"}}[compiler]
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path / "dist"), str(sdist)],
-        check=True, timeout=300, env={**environment, **({"CC": "/bin/false"} if compiler == "none" else {})},
+        check=True, timeout=300, env={**environment, **building},
     )
     [wheel] = (tmp_path / "dist").glob("async_chat-*.whl")
     site = tmp_path / "site"
