@@ -41,14 +41,14 @@ CORE = "async_chat._core"
 
 
 def _warn(message: str) -> None:
-    print(f"async_chat: {message}; installing as pure Python", file=sys.stderr)
+    print(f"async_chat: {message}", file=sys.stderr)
 
 
 def cython_extensions() -> list[Extension]:
     try:
         from Cython.Build import cythonize
     except ImportError:
-        _warn("no Cython, so no compiled decoder")
+        _warn("no Cython: binary calls will be decoded in pure Python")
         return []
     return list(cythonize(
         [Extension("async_chat._binary_call", ["async_chat/_binary_call.pyx"])],
@@ -61,7 +61,7 @@ def mypyc_extensions() -> list[Extension]:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        _warn("no mypyc, so no compiled core")
+        _warn("no mypyc: the core will run as pure Python")
         return []
     # mypy reads no configuration here: the build may run where the package's dependencies are not
     # installed (pip's isolated build), so what it cannot import is Any. The strict check is `make typecheck`.
@@ -70,7 +70,7 @@ def mypyc_extensions() -> list[Extension]:
     try:
         return list(mypycify(options + COMPILED, group_name=CORE, opt_level="3"))
     except (Exception, SystemExit) as exc:  # mypyc says what it cannot compile by exiting
-        _warn(f"mypyc could not compile the core ({exc})")
+        _warn(f"mypyc could not compile the core ({exc}): it will run as pure Python")
         return []
 
 
