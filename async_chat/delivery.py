@@ -8,8 +8,9 @@ things keep that cheap:
 - A poll is answered with a `Delivery` (entries plus the batch's figures), which becomes a thriftpy2
   `Batch` only for callers that want one (`Hub.poll`).
 - A long-poll that must wait is `Parked`: no task and no coroutine wait for it, only this record on its
-  subscription. The hub answers every parked poll a loop iteration's messages woke in one pass, calling
-  `finish`, which encodes (`encode`, set by the processor) and writes (`deliver`, set by the connection).
+  subscription. The hub answers the parked polls that messages woke, or whose wait is over, from one
+  queue, a chunk a callback (`hub.CHUNK`), calling `finish`, which encodes (`encode`, set by the
+  processor) and writes (`deliver`, set by the connection).
 """
 
 from __future__ import annotations
