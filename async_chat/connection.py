@@ -99,6 +99,8 @@ class Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
+        self._eof = False
+        """The client half-closed: no more calls will come."""
         self.admitted = False
         self.session: Session | None = None
         """Set once admitted: who the connection is and what it subscribed to."""
@@ -240,7 +242,19 @@ class Connection(asyncio.Protocol):
         return True
 
     def eof_received(self) -> bool | None:
-        return None  # close our side too: a half-closed client gets no further replies
+        """The client sends no more (a half-close): every call that came whole is still answered, and then
+        the connection closes (`_advance`). A call still arriving never will: it ends the connection."""
+        self._eof = True
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)  # `read` finds the end, and the call fails as cut off
+        elif not self._answering and not self._writing_paused:
+            self._advance()
+        if self._server.tls is not None:
+            return None  # asyncio's TLS cannot stay half open: it closes now, with what was answered so far
+        return True  # open, to write the replies still owed: we close it
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -341,6 +355,9 @@ class Connection(asyncio.Protocol):
         except Exception as exc:
             self._fail(exc)
             return
+        if self._eof and not self._answering and not self._writing_paused and not self._closing:
+            self.close()  # the client half-closed, and every call it sent whole is answered
+            return
         if self._reading_paused and not self._closing and (
             len(self._buffer) < HIGH_WATER // 2 or len(self._buffer) < self._frame_size
         ):
@@ -412,7 +429,7 @@ class Connection(asyncio.Protocol):
             raise CallTooLarge(f"a call ran past the limit of {limit} bytes")
         buffer = self._buffer
         while len(buffer) < size:
-            if self._closing:
+            if self._closing or self._eof:
                 raise TTransportException(type=TTransportException.END_OF_FILE, message="connection closed")
             if self._reading_paused:
                 self._resume_reading()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,74 @@ def test_settings_refuse_an_idle_timeout_shorter_than_the_longest_poll() -> None
 async def test_repr_shows_state(server: ChatServer) -> None:
     assert "SERVING" in repr(server)
     assert f"{LOOPBACK}:{server.port}" in repr(server)
+
+
+def void_reply_seqids(data: bytes) -> list[int]:
+    """The seqid of each strict binary REPLY in `data` (buffered), in the order they came; each must be a
+    void call's success (its result struct empty)."""
+    seqids, at = [], 0
+    while at < len(data):
+        version, size = struct.unpack_from(">iI", data, at)
+        at += 8 + size
+        (seqid,) = struct.unpack_from(">i", data, at)
+        assert version == -2147418110, data[at - 8 - size : at + 40]  # 0x80010002: a REPLY
+        assert data[at + 4] == 0, data[at - 8 - size : at + 40]  # an empty result: success
+        seqids.append(seqid)
+        at += 5
+    return seqids
+
+
+async def test_calls_sent_in_one_piece_then_a_half_close_are_all_answered_in_order(
+    make_server: ServerFactory,
+) -> None:
+    """A client that pipelines 3,000 publishes and then half-closes (as a script piping calls into a socket
+    does) gets every reply, in order, before the server closes its side. The server used to close at the
+    end of the stream: the last 92 were published and never answered (a retry would publish them again)."""
+    from .test_malformed import call, message, string
+
+    server = await make_server(publish_rate=0)
+    publish = message(string(1, b"s"), string(2, b"c"))
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    writer.write(b"".join(call(b"sendMessage", publish, seqid) for seqid in range(1, 3001)))
+    writer.write_eof()
+    async with asyncio.timeout(20):
+        data = await read_to_close(reader)
+    writer.close()
+    assert void_reply_seqids(data) == list(range(1, 3001))
+    assert server.hub is not None
+    assert server.hub.published_total == 3000
+
+
+@pytest.mark.parametrize("cut", ["buffered", "framed", "streamed"])
+async def test_a_half_close_inside_a_call_answers_the_calls_before_it_and_closes(
+    make_server: ServerFactory, cut: str
+) -> None:
+    """A client that half-closes partway through a call has the calls before it answered, and then the
+    connection closes: the cut call can never arrive (not a hang until the idle timeout, nor a crash). A
+    buffered call that is streamed (one not all here yet: a long string) is cut as it is read."""
+    from .test_malformed import call, message, string
+
+    server = await make_server(publish_rate=0, idle_timeout=60)
+    whole = call(b"sendMessage", message(string(1, b"s"), string(2, b"c")), 1) + call(
+        b"sendMessage", message(string(1, b"s"), string(2, b"c")), 2)
+    if cut == "streamed":  # a 100 KB string, of which 10 KB came
+        sent = whole + call(b"sendMessage", message(string(1, b"s"), string(2, b"x" * 100_000)), 3)[:10_000]
+    elif cut == "framed":
+        frames = [call(b"sendMessage", message(string(1, b"s"), string(2, b"c")), seqid) for seqid in (1, 2, 3)]
+        sent = b"".join(len(f).to_bytes(4, "big") + f for f in frames)[:-5]
+    else:
+        sent = whole + call(b"sendMessage", message(string(1, b"s"), string(2, b"c")), 3)[:-5]
+    reader, writer = await asyncio.open_connection(LOOPBACK, server.port)
+    writer.write(sent)
+    await writer.drain()
+    writer.write_eof()
+    async with asyncio.timeout(10):
+        data = await read_to_close(reader)
+    writer.close()
+    if cut == "framed":
+        assert [int.from_bytes(data[i : i + 4], "big") for i in (0, 28)] == [24, 24]
+        data = data[4:28] + data[32:]
+    assert void_reply_seqids(data) == [1, 2]
+    await wait_until(lambda: server.connection_count == 0)
+    async with ChatClient(LOOPBACK, server.port) as client:
+        assert await client.publish(Message(sender="s", content="others are served")) == 3
