@@ -101,6 +101,8 @@ class Connection(asyncio.Protocol):
         self._closing = False
         self._eof = False
         """The client half-closed: no more calls will come."""
+        self._polling = False
+        """The call in `_task` is a poll (it may wait for messages)."""
         self.admitted = False
         self.session: Session | None = None
         """Set once admitted: who the connection is and what it subscribed to."""
@@ -243,8 +245,12 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         """The client sends no more (a half-close): every call that came whole is still answered, and then
-        the connection closes (`_advance`). A call still arriving never will: it ends the connection."""
+        the connection closes (`_advance`). A call still arriving never will: it ends the connection. So does
+        a poll waiting for messages, which would hold its subscription until its wait ends, for a client
+        that has most likely gone: it is cancelled, taking nothing (as when a connection drops)."""
         self._eof = True
+        if self._parked is not None or (self._task is not None and self._polling):
+            return None  # closed: connection_lost cancels the poll
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -449,6 +455,7 @@ class Connection(asyncio.Protocol):
         reply = processor.answer_now(call, codec, self._context)
         if reply is not None:
             return self._finished(reply)
+        self._polling = call.api == "poll"
         return self._start(processor.answer(call, codec))
 
     def _start(self, answering: Coroutine[Any, Any, bytes | Parked | None]) -> bool:
@@ -485,8 +492,8 @@ class Connection(asyncio.Protocol):
         if not isinstance(reply, Parked):
             self._replied(reply)
             return True
-        if self._closing:
-            reply.cancel()
+        if self._closing or self._eof:
+            reply.cancel()  # nobody is left to read it, or it would wait on a half-closed connection
         else:
             self._parked = reply
             reply.deliver = self._answered
