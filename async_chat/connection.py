@@ -46,8 +46,38 @@ WRITE_HIGH_WATER = 64 * 1024
 """Unsent bytes past which the transport asks us to pause writing (set so on every transport: uvloop's and
 asyncio's defaults differ); no further call is answered until the peer has read below a quarter of it."""
 
+DEFERRED_BYTES = 16 * 1024
+"""Replies a connection holds for its Outbox's flush at most; a larger one is written at once."""
+
 BUFFERED_CHUNK = 4096
 """A buffered call asking for more than this in one read names a length (a string's), not a read-ahead."""
+
+
+class Outbox:
+    """The replies of calls answered at once, written when the loop has read all it was handed, rather than
+    each as it is made. On loopback a write costs the writer the reader's half of TCP as well, and wakes
+    the reader: 54 % of our CPU per call at 64 connections. Written a loop iteration's worth at a time, the
+    readers are mostly awake already, and a connection with several calls in one read gets one write. In
+    six interleaved pairs (framed binary, 64 connections) that made 2-11 % more calls/s, 7.5 % on average. A
+    reply waits for the rest of the iteration's reads at most.
+
+    A parked poll's answer (the hub's, in chunks already) is written at once."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: list[Connection] = []
+
+    def add(self, conn: Connection) -> None:
+        """`conn` holds replies: flush it in the loop's next pass of callbacks (after this pass of reads)."""
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(conn)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for conn in pending:
+            conn.flush()
 
 
 class ConnectionState(enum.Enum):
@@ -91,9 +121,13 @@ class Connection(asyncio.Protocol):
         """Values of unknown fields the call being streamed may still make the decoder skip."""
         self._processor = server.processor
         self._call_limit = server.settings.max_call_bytes
-        self._unsent_limit = server.settings.max_reply_bytes + WRITE_HIGH_WATER
-        """No reply is larger than --max-reply-bytes and none is written while writing is paused, so only a
-        peer that stopped reading can leave more than this unsent."""
+        self._unsent_limit = server.settings.max_reply_bytes + WRITE_HIGH_WATER + DEFERRED_BYTES
+        """No reply is larger than --max-reply-bytes, none is written while writing is paused, and what the
+        Outbox flushes at once is at most DEFERRED_BYTES: only a peer that stopped reading can leave more
+        than this unsent."""
+        self._out: list[bytes] = []
+        """Replies held for the Outbox's flush."""
+        self._out_bytes = 0
         self._frame_size = 0
         """The length of a frame still arriving at the head of the buffer: held whole, HIGH_WATER aside."""
         self._reading_paused = False
@@ -250,6 +284,7 @@ class Connection(asyncio.Protocol):
         that has most likely gone: it is cancelled, taking nothing (as when a connection drops)."""
         self._eof = True
         if self._parked is not None or (self._task is not None and self._polling):
+            self.flush()
             return None  # closed: connection_lost cancels the poll
         waiter = self._waiter
         if waiter is not None:
@@ -259,7 +294,8 @@ class Connection(asyncio.Protocol):
         elif not self._answering and not self._writing_paused:
             self._advance()
         if self._server.tls is not None:
-            return None  # asyncio's TLS cannot stay half open: it closes now, with what was answered so far
+            self.flush()  # asyncio's TLS cannot stay half open: it closes now, with what was answered so far
+            return None
         return True  # open, to write the replies still owed: we close it
 
     def pause_writing(self) -> None:
@@ -280,6 +316,7 @@ class Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.cancel()
         self._buffer = bytearray()
+        self._out, self._out_bytes = [], 0
         if self.admitted:
             self._server.forget(self)
         if not self.closed.done():
@@ -300,11 +337,12 @@ class Connection(asyncio.Protocol):
 
     @property
     def unsent(self) -> int:
-        """Reply bytes written and not yet taken by the peer."""
-        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+        """Reply bytes made and not yet taken by the peer."""
+        return self._out_bytes + (self._transport.get_write_buffer_size() if self._transport is not None else 0)
 
     def close(self) -> None:
         """Close after the replies already written are sent."""
+        self.flush()
         self._closing = True
         if self._transport is not None:
             self._transport.close()
@@ -316,6 +354,7 @@ class Connection(asyncio.Protocol):
         if self._task is not None:
             self._task.cancel()
         self._unpark()
+        self._out, self._out_bytes = [], 0
         if self._transport is not None:
             self._transport.abort()
 
@@ -502,34 +541,54 @@ class Connection(asyncio.Protocol):
     def _answered(self, reply: bytes) -> None:
         """A parked poll's reply (the hub's pass, or its wait's end)."""
         self._parked = None
-        self._replied(reply)
+        self._replied(reply, now=True)
         self._advance()
 
-    def _replied(self, reply: bytes | None) -> None:
+    def _replied(self, reply: bytes | None, now: bool = False) -> None:
+        """A call answered: its reply held for the Outbox's flush, or written `now`."""
         self.calls += 1
         self.idle_since = time.monotonic()
         self.state = _IDLE
         if reply is not None and not self._closing:
-            transport = self._transport
-            assert transport is not None
-            if self._framed:
-                transport.write(len(reply).to_bytes(4, "big") + reply)
-            else:
-                transport.write(reply)
-            if transport.get_write_buffer_size() > self._unsent_limit:
-                # Only a peer that stopped reading gets here (see _unsent_limit). Drop it now; a graceful
-                # close would wait for it forever.
-                self._server.episodes.log(
-                    logger, logging.INFO, "connection_stalled", "aborting %r: its peer left %d reply bytes"
-                    " unread (--max-reply-bytes plus 64 KiB at most)", self, transport.get_write_buffer_size(),
-                    peer=self.peer,
-                )
-                self.abort()
-                return
+            self._send(len(reply).to_bytes(4, "big") + reply if self._framed else reply, now)
+            if self._closing:
+                return  # aborted: its peer stopped reading
         if not self._server.serving and self._server.may_close(self):
             # Shutting down: the call in flight was allowed to finish. A subscriber still owed messages
             # may poll on until it has them all (publishes are refused by now, so that ends).
             self.close()
+
+    def _send(self, data: bytes, now: bool = False) -> None:
+        if not now and self._out_bytes + len(data) <= DEFERRED_BYTES:
+            if not self._out:
+                self._server.outbox.add(self)
+            self._out.append(data)
+            self._out_bytes += len(data)
+            return
+        self.flush()
+        self._write(data)
+
+    def flush(self) -> None:
+        """Write the replies held for the Outbox (in one piece)."""
+        out = self._out
+        if out:
+            self._out = []
+            self._out_bytes = 0
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or self._closing:
+            return
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._unsent_limit:
+            # Only a peer that stopped reading gets here (see _unsent_limit). Drop it now; a graceful close
+            # would wait for it forever.
+            self._server.episodes.log(
+                logger, logging.INFO, "connection_stalled", "aborting %r: its peer left %d reply bytes unread"
+                " (--max-reply-bytes plus 80 KiB at most)", self, transport.get_write_buffer_size(), peer=self.peer,
+            )
+            self.abort()
 
     def _resume_reading(self) -> None:
         self._reading_paused = False
@@ -550,7 +609,7 @@ class Connection(asyncio.Protocol):
                 api, seqid = exc.call  # its client is told why, in the one way every Thrift client reads
                 refusal = TApplicationException(TApplicationException.UNKNOWN, f"TOO_LARGE: {exc} (--max-call-bytes)")
                 reply = self._codec.exception(api, seqid, refusal)
-                self._transport.write(len(reply).to_bytes(4, "big") + reply if self._framed else reply)
+                self._send(len(reply).to_bytes(4, "big") + reply if self._framed else reply)
         else:
             self._server.unreadable_total += 1
             self._server.episodes.log(

@@ -41,7 +41,7 @@ from . import auth, build, logs, wire
 from . import settings as settings_module
 from .brokers import open_broker, redact
 from .codec import DECODER, Codec
-from .connection import Connection, ConnectionState
+from .connection import Connection, ConnectionState, Outbox
 from .contract import ChatService
 from .errors import ChatError, InvalidRequest
 from .handler import ChatHandler
@@ -85,6 +85,8 @@ class ChatServer(AsyncResource):
         self._codecs: dict[tuple[str, bool], Codec] = {}
         self.eager = False
         """Whether calls may start outside a task (see `Broker.eager`)."""
+        self.outbox = Outbox()
+        """Its connections' replies, written a loop iteration's worth at a time."""
         self.host = self.settings.host
         self.port = self.settings.port
         self.connections_total = 0

@@ -29,7 +29,7 @@ import atheris
 with atheris.instrument_imports():
     from async_chat import wire
     from async_chat.codec import Codec
-    from async_chat.connection import Connection
+    from async_chat.connection import Connection, Outbox
     from async_chat.contract import ChatService, Message
     from async_chat.logs import Episodes
     from async_chat.processor import ChatProcessor
@@ -72,6 +72,7 @@ class _Server:
 
     def __init__(self) -> None:
         self.processor = ChatProcessor(ChatService, _Handler())
+        self.outbox = Outbox()
         self._codecs: dict[tuple[str, bool], Codec] = {}
 
     def admit(self, conn: Connection) -> bool:
