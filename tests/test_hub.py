@@ -446,13 +446,24 @@ def ends_within_its_linger(tick: int, due: float) -> bool:
     return tick * TICK <= due + 1e-9 < (tick + 1) * TICK
 
 
+def hairline_due(now: float) -> float:
+    """A 20 ms linger's due time after `now`, on a whole millisecond, that the division by TICK puts a hair
+    under its tick. How many there are depends on the float's binade, and the loop's clock is the machine's
+    uptime: about one in 125 at 35,804 s, none from 2**16 s to 2**17. So later binades are tried too."""
+    starts = [math.ceil(now) + 1] + [2**p + 1 for p in range(math.ceil(now).bit_length(), 25)]
+    for start in starts:
+        for ms in range(100_000):
+            due = start + ms / 1000 + 0.02
+            if (due / TICK) % 1 > 0.999999:
+                return due
+    raise AssertionError(f"no due time after {now} lands a hair under a tick")
+
+
 async def test_a_linger_due_on_a_tick_ends_on_that_tick(hub: Hub) -> None:
     """uvloop's clock counts whole milliseconds, so a 20 ms linger is due on a 5 ms tick one time in five,
     and the float division can land a hair under it: it must still end on that tick, not 5 ms early (the
     suite's flake that found it: 35804.555 + 0.02 ended on 35804.570)."""
-    start = math.ceil(asyncio.get_running_loop().time()) + 1
-    dues = (start + ms / 1000 + 0.02 for ms in range(100_000))
-    hairline = next(due for due in dues if (due / TICK) % 1 > 0.999999)  # about one in 125
+    hairline = hairline_due(asyncio.get_running_loop().time())
     end = hub._linger_end(hairline)
     assert end is not None
     assert ends_within_its_linger(end, hairline)
