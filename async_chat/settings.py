@@ -220,7 +220,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "max_reply_bytes",
         "a poll or history reply stops before its messages take more than this; at least --max-call-bytes."
-        " A connection whose peer leaves more than this (plus 64 KiB) unread is aborted",
+        " A connection whose peer leaves more than this (plus 80 KiB) unread is aborted",
     ),
     Option("max_content_bytes", "largest message content, in UTF-8 bytes (TOO_LARGE beyond)"),
     Option(
