@@ -120,6 +120,7 @@ class Connection(asyncio.Protocol):
         self.skips = wire.SkipBudget()
         """Values of unknown fields the call being streamed may still make the decoder skip."""
         self._processor = server.processor
+        self._outbox = server.outbox
         self._call_limit = server.settings.max_call_bytes
         self._unsent_limit = server.settings.max_reply_bytes + WRITE_HIGH_WATER + DEFERRED_BYTES
         """No reply is larger than --max-reply-bytes, none is written while writing is paused, and what the
@@ -550,7 +551,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.state = _IDLE
         if reply is not None and not self._closing:
-            self._send(len(reply).to_bytes(4, "big") + reply if self._framed else reply, now)
+            self._send(reply, now)
             if self._closing:
                 return  # aborted: its peer stopped reading
         if not self._server.serving and self._server.may_close(self):
@@ -558,10 +559,13 @@ class Connection(asyncio.Protocol):
             # may poll on until it has them all (publishes are refused by now, so that ends).
             self.close()
 
-    def _send(self, data: bytes, now: bool = False) -> None:
+    def _send(self, reply: bytes, now: bool = False) -> None:
+        """Frame `reply` if the connection is framed, and hold it for the Outbox, or write it `now` (and
+        whatever is held before it)."""
+        data = len(reply).to_bytes(4, "big") + reply if self._framed else reply
         if not now and self._out_bytes + len(data) <= DEFERRED_BYTES:
             if not self._out:
-                self._server.outbox.add(self)
+                self._outbox.add(self)
             self._out.append(data)
             self._out_bytes += len(data)
             return
@@ -608,8 +612,7 @@ class Connection(asyncio.Protocol):
             if exc.call is not None and self._codec is not None and self._transport is not None:
                 api, seqid = exc.call  # its client is told why, in the one way every Thrift client reads
                 refusal = TApplicationException(TApplicationException.UNKNOWN, f"TOO_LARGE: {exc} (--max-call-bytes)")
-                reply = self._codec.exception(api, seqid, refusal)
-                self._send(len(reply).to_bytes(4, "big") + reply if self._framed else reply)
+                self._send(self._codec.exception(api, seqid, refusal))
         else:
             self._server.unreadable_total += 1
             self._server.episodes.log(

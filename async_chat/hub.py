@@ -573,8 +573,7 @@ class Hub:
             waiter.set_result(None)
 
     def _expire(self, tick: int) -> None:
-        due = self._expiries.pop(tick, None)
-        for parked in due or ():
+        for parked in self._expiries.pop(tick, ()):
             self._answer_soon(parked)
 
     def _answer_soon(self, parked: _ParkedPoll) -> None:

@@ -75,9 +75,8 @@ def test_a_wheel_built_from_the_sdist_carries_the_idl_and_works_outside_the_chec
     """As a user's pip would: the sdist first (it must hold every source, the compiled decoder's included),
     then the wheel from it; with a C compiler the wheel carries the compiled decoder and core, and with none
     (one that fails), or with ASYNC_CHAT_PURE_PYTHON=1 set for the build, it still builds, as pure Python,
-    and says so. The sdist is made from the files git would
-    commit, as on a fresh clone: a working tree's build leftovers (an egg-info's list of sources) could
-    make up for a missing one."""
+    and says so. The sdist is made from the files git would commit, as on a fresh clone: a working tree's
+    build leftovers (an egg-info's list of sources) could make up for a missing one."""
     source = tmp_path / "source"
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
